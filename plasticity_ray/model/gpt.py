@@ -1,0 +1,197 @@
+"""The paper's GPT: a pre-LayerNorm decoder (§IV-B, Appendix A, Figure 8), in one plain-PyTorch file.
+
+Causal self-attention with learned absolute positions, LayerNorm before attention and MLP plus a
+final LayerNorm, MLP expansion 4 with GeLU, biases on every linear layer and LayerNorm, head
+dimension 64, and one token-embedding tensor shared by input and output. GPT-2 initialisation.
+
+Two attention paths: `scaled_dot_product_attention` (fast, used for training) and an explicit one
+that materialises the attention probabilities and hands them to an observer (diagnostics).
+The loss head never holds logits for more than one chunk of tokens (vocabulary 151,680).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from plasticity_ray.model.sizes import HEAD_DIM, ModelSize
+
+# Called once per layer on the explicit path with (layer index, probabilities of shape B×H×T×T).
+AttentionObserver = Callable[[int, torch.Tensor], None]
+
+# Logit elements per chunk of the loss head (1 GiB in fp32): 1,770 tokens at vocabulary 151,680.
+LOSS_CHUNK_LOGITS = 2**28
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    layers: int
+    hidden: int
+    vocab_size: int
+    context: int
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // HEAD_DIM
+
+    @classmethod
+    def from_size(cls, size: ModelSize, vocab_size: int, context: int) -> "GPTConfig":
+        return cls(layers=size.layers, hidden=size.hidden, vocab_size=vocab_size, context=context)
+
+
+def causal_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(d_head)) under a causal mask, in fp32; shapes B×H×T×d → B×H×T×T."""
+    t = q.size(-2)
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, x: torch.Tensor, observe: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, self.heads, HEAD_DIM).transpose(1, 2) for z in self.qkv(x).split(c, dim=2))
+        if observe is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            probs = causal_attention_probs(q, k)
+            observe(probs)
+            y = probs.to(v.dtype) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.hidden, 4 * cfg.hidden)
+        self.act = nn.GELU()  # a module, so diagnostics can hook the unit activations
+        self.proj = nn.Linear(4 * cfg.hidden, cfg.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.hidden)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_mlp = nn.LayerNorm(cfg.hidden)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, observe: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), observe)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden)  # also the output projection (tied)
+        self.wpe = nn.Embedding(cfg.context, cfg.hidden)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2·layers)."""
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith(".proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.wte.weight, self.wpe.weight]
+
+    def non_embedding_parameters(self) -> list[nn.Parameter]:
+        embedding = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in embedding]
+
+    def hidden_states(self, idx: torch.Tensor, attention_observer: AttentionObserver | None = None) -> torch.Tensor:
+        """Token ids B×T → final-LayerNorm outputs B×T×hidden."""
+        t = idx.size(1)
+        if t > self.cfg.context:
+            raise ValueError(f"sequence of {t} tokens is longer than the model's context of {self.cfg.context}")
+        positions = torch.arange(t, device=idx.device)
+        x = self.wte(idx) + self.wpe(positions)
+        for layer, block in enumerate(self.blocks):
+            observe = None if attention_observer is None else (lambda p, layer=layer: attention_observer(layer, p))
+            x = block(x, observe)
+        return self.ln_f(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.wte.weight)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attention_observer: AttentionObserver | None = None,
+    ) -> torch.Tensor:
+        """Logits B×T×V when no targets are given, else the mean next-token cross-entropy."""
+        hidden = self.hidden_states(idx, attention_observer)
+        if targets is None:
+            return self.logits(hidden)
+        return linear_cross_entropy(hidden, self.wte.weight, targets)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean CE(hidden @ weightᵀ, targets) without ever holding more than one chunk of logits."""
+    flat_hidden = hidden.reshape(-1, hidden.size(-1))
+    chunk = max(1, LOSS_CHUNK_LOGITS // weight.size(0))
+    return _ChunkedLinearCrossEntropy.apply(flat_hidden, weight, targets.reshape(-1), chunk)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Computes the loss and, in the same pass over each chunk, its gradients (as Liger's fused
+    linear cross-entropy does): the same FLOPs as the plain head, one chunk of logits in memory."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        n = hidden.size(0)
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk):
+            h, t = hidden[start : start + chunk], targets[start : start + chunk]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            loss_sum += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if want_hidden or want_weight:
+                dlogits = (logits - lse[:, None]).exp_()  # softmax
+                dlogits[torch.arange(h.size(0), device=h.device), t] -= 1.0
+                dlogits = (dlogits / n).to(h.dtype)  # under autocast the matmuls below run in bf16
+                if want_hidden:
+                    grad_hidden[start : start + chunk] = dlogits @ weight
+                if want_weight:
+                    grad_weight += (dlogits.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return loss_sum / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = grad_hidden * grad_loss if grad_hidden is not None else None
+        gw = (grad_weight * grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None
+        return gh, gw, None, None

@@ -1,0 +1,382 @@
+"""Typed experiment specs: one YAML file describes a whole experiment.
+
+Defaults are the paper's values (§IV, Appendix A). Unknown keys are errors. Every problem in a
+file is reported as one line naming the field path, e.g. ``schedule.tokens_per_task: must be
+greater than 0``, through `SpecError`; nothing here raises a pydantic traceback at the user.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+import yaml
+from annotated_types import Ge, Gt, Lt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from plasticity_ray.model.sizes import ModelSize, resolve_size
+
+Language = Literal["en", "zh", "fr", "ja", "es", "de", "pt", "ru", "vi"]
+ALL_LANGUAGES: tuple[str, ...] = get_args(Language)
+PAPER_LANGUAGE_ORDER = ("en", "zh", "fr", "ja", "es", "de", "pt", "ru")  # the paper's cycle
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_count(value: Any) -> Any:
+    """Accept 5000000000, 5e9, "5e9", "5B", "500M" or "524_288" for token and row counts."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"must be a whole number, got {value}")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "").replace(",", "")
+        scale = 1.0
+        if text and text[-1].lower() in _SUFFIXES:
+            scale, text = _SUFFIXES[text[-1].lower()], text[:-1]
+        try:
+            number = float(text) * scale
+        except ValueError:
+            raise ValueError(f"must be a count such as 5e9, 5B or 524288, got {value!r}") from None
+        if not math.isfinite(number) or not number.is_integer():
+            raise ValueError(f"must be a whole number, got {value!r}")
+        return int(number)
+    return value
+
+
+def _check_size(name: str) -> str:
+    resolve_size(name)
+    return name
+
+
+def _unique(items: list) -> list:
+    repeated = sorted({str(x) for x in items if items.count(x) > 1})
+    if repeated:
+        raise ValueError(f"lists {', '.join(repeated)} more than once")
+    return items
+
+
+Count = Annotated[int, BeforeValidator(parse_count), Gt(0)]
+PositiveInt = Annotated[int, Gt(0)]
+Fraction = Annotated[float, Ge(0), Lt(1)]
+SizeName = Annotated[str, AfterValidator(_check_size)]
+Diagnostic = Literal["weight_magnitude", "dormant_units", "attention_entropy", "matrix_rank", "grama", "weight_distance"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    size: SizeName = "5M"  # a Table I name, or L<layers>-d<hidden> for a custom size
+
+    @property
+    def resolved(self) -> ModelSize:
+        return resolve_size(self.size)
+
+
+class BuiltinSource(_Section):
+    """The small offline corpus shipped with the package (demos and tests)."""
+
+    kind: Literal["builtin"] = "builtin"
+
+
+class HFSource(_Section):
+    """A Hugging Face dataset with one config per language; the token comes from HF_TOKEN."""
+
+    kind: Literal["hf"]
+    dataset: str = "uonlp/CulturaX"
+    split: str = "train"
+    text_field: str = "text"
+    configs: dict[Language, str] = Field(default_factory=dict)  # language -> config; default: the code
+
+
+class FilesSource(_Section):
+    """The user's own .txt / .jsonl / .parquet files (paths or globs) per language."""
+
+    kind: Literal["files"]
+    paths: dict[Language, Annotated[list[str], Field(min_length=1)]]
+    text_field: str = "text"
+
+
+Source = Annotated[Union[BuiltinSource, HFSource, FilesSource], Field(discriminator="kind")]
+
+
+class DataSpec(_Section):
+    source: Source = Field(default_factory=BuiltinSource)
+    tokenizer: Literal["qwen3", "byte"] = "qwen3"
+    languages: Annotated[list[Language], Field(min_length=1), AfterValidator(_unique)] = list(PAPER_LANGUAGE_ORDER)
+    probe_language: Language = "vi"
+    seq_len: Annotated[int, Gt(1)] = 2048
+    validation_tokens: Count = 1_000_000_000  # held-out pool per language (the paper: 1B)
+
+    @model_validator(mode="after")
+    def _probe_language_is_held_out(self) -> "DataSpec":
+        if self.probe_language in self.languages:
+            raise ValueError(f"probe_language {self.probe_language!r} must not be one of the training languages")
+        return self
+
+
+class ScheduleSpec(_Section):
+    mode: Literal["continual", "stationary"] = "continual"
+    cycles: PositiveInt = 48
+    tokens_per_task: Count = 5_000_000_000
+    warmup_fraction: Fraction = 0.05
+    reset_optimizer_per_task: bool = True
+    # Stationary mode only: relative weight of each language in the mixture (default uniform).
+    mixture_weights: dict[Language, Annotated[float, Gt(0)]] | None = None
+
+
+class OptimizerSpec(_Section):
+    lr: Annotated[float, Gt(0)] | Literal["paper"] = "paper"  # "paper": Appendix A's rule for the size
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
+    weight_decay: Annotated[float, Ge(0)] = 0.1
+    eps: Annotated[float, Gt(0)] = 1e-8
+    grad_clip: Annotated[float, Gt(0)] | None = None  # the paper does not clip gradients
+
+
+class BatchSpec(_Section):
+    global_tokens: Count = 524_288  # 0.5M tokens = 256 sequences of 2,048
+    micro_batch: PositiveInt | Literal["auto"] = "auto"  # sequences per worker per forward pass
+
+
+class ProbeSpec(_Section):
+    enabled: bool = True
+    tokens: Count = 5_000_000_000
+    eval_every: PositiveInt = 95  # probe steps between validation measurements
+    eval_sequences: PositiveInt = 1280
+    every_cycles: PositiveInt = 1  # probe at the end of every k-th cycle
+    after_languages: Annotated[list[Language], AfterValidator(_unique)] = Field(default_factory=list)
+    same_data_order: bool = True  # every probe point sees the same probe data (less sampling noise)
+    baseline: bool = True  # also probe a freshly initialised model ("probe language alone")
+
+
+class DiagnosticsSpec(_Section):
+    enabled: Annotated[list[Diagnostic], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["weight_magnitude", "dormant_units", "attention_entropy"]
+    )
+    dormant_threshold: Annotated[float, Gt(0)] = 0.01
+    dormant_sequences: PositiveInt = 256
+    entropy_language: Language = "ru"
+    entropy_sequences: PositiveInt = 512
+    entropy_first_query: PositiveInt = 256
+
+
+class ResourcesSpec(_Section):
+    workers: PositiveInt = 1
+    gpus_per_worker: Annotated[float, Ge(0)] = 1
+    cpus_per_worker: Annotated[float, Gt(0)] = 1
+    probe_gpus: Annotated[float, Ge(0)] = 1
+    probe_cpus: Annotated[float, Gt(0)] = 1
+    max_concurrent_probes: PositiveInt = 2
+
+
+class SweepSpec(_Section):
+    # Dotted spec paths to the values each takes, e.g. {"model.size": ["5M", "12M"], "seed": [0, 1]}.
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+
+
+class ExperimentSpec(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    seed: Annotated[int, Ge(0)] = 0
+    storage_path: str = "runs"  # local dir, NFS mount or s3://...; must be shared across nodes
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    diagnostics: DiagnosticsSpec = Field(default_factory=DiagnosticsSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentSpec":
+        problems = []
+        seq_len = self.data.seq_len
+        if self.batch.global_tokens % seq_len:
+            problems.append(f"batch.global_tokens: {self.batch.global_tokens} is not a multiple of data.seq_len {seq_len}")
+        elif self.global_sequences % self.resources.workers:
+            problems.append(
+                f"resources.workers: {self.global_sequences} sequences per batch do not split evenly "
+                f"over {self.resources.workers} workers"
+            )
+        for name, budget in (("schedule.tokens_per_task", self.schedule.tokens_per_task), ("probe.tokens", self.probe.tokens)):
+            if budget < self.batch.global_tokens:
+                problems.append(f"{name}: {budget} tokens is less than one batch ({self.batch.global_tokens} tokens)")
+        if self.diagnostics.entropy_first_query >= seq_len:
+            problems.append(
+                f"diagnostics.entropy_first_query: {self.diagnostics.entropy_first_query} must be below data.seq_len {seq_len}"
+            )
+        stray = [lang for lang in self.probe.after_languages if lang not in self.data.languages]
+        if stray:
+            problems.append(f"probe.after_languages: {', '.join(stray)} not in data.languages")
+        if self.schedule.mixture_weights is not None:
+            if self.schedule.mode != "stationary":
+                problems.append("schedule.mixture_weights: only used in stationary mode")
+            stray = [lang for lang in self.schedule.mixture_weights if lang not in self.data.languages]
+            if stray:
+                problems.append(f"schedule.mixture_weights: {', '.join(stray)} not in data.languages")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def global_sequences(self) -> int:
+        return self.batch.global_tokens // self.data.seq_len
+
+    @property
+    def steps_per_task(self) -> int:
+        """Optimizer steps per task instance: the paper's 5B tokens / 0.5M-token batches = 9,537."""
+        return math.ceil(self.schedule.tokens_per_task / self.batch.global_tokens)
+
+    @property
+    def probe_steps(self) -> int:
+        return math.ceil(self.probe.tokens / self.batch.global_tokens)
+
+    @property
+    def warmup_steps(self) -> int:
+        return math.ceil(self.schedule.warmup_fraction * self.steps_per_task)
+
+    @property
+    def tasks(self) -> int:
+        return self.schedule.cycles * len(self.data.languages)
+
+    @property
+    def lr(self) -> float:
+        return self.model.resolved.paper_lr if self.optimizer.lr == "paper" else self.optimizer.lr
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; `problems` holds one readable line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join([f"{source}: {len(problems)} problem(s)"] + [f"  {p}" for p in problems]))
+
+
+# Every key a spec may hold, for "did you mean" hints on misspelled keys.
+_FIELD_NAMES = sorted({name for section in _Section.__subclasses__() for name in section.model_fields})
+
+
+def _format_loc(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("builtin", "hf", "files") and text.endswith("source"):
+            continue  # the union's tag adds nothing a user typed
+        elif isinstance(part, str) and part.startswith(("function-", "constrained-")):
+            continue
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _readable(error: dict) -> list[str]:
+    loc = _format_loc(error["loc"])
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        guess = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.7)
+        return [f"{loc}: unknown field" + (f" (did you mean {guess[0]!r}?)" if guess else "")]
+    if kind == "missing":
+        return [f"{loc}: required"]
+    msg = re.sub(r"^(Value|Assertion) error, ", "", msg)
+    msg = msg.replace("Input should be", "must be").replace("Input tag", "tag")
+    lines = msg.split("\n")
+    if not loc:  # cross-field problems already name their fields
+        return lines
+    return [f"{loc}: {line}" for line in lines]
+
+
+def _problems(raw: Any) -> list[str]:
+    if not isinstance(raw, dict):
+        return ["the file must be a YAML mapping of sections (name, model, data, ...)"]
+    try:
+        ExperimentSpec.model_validate(raw)
+    except ValidationError as err:
+        return [line for e in err.errors() for line in _readable(e)]
+    return []
+
+
+def _validate(raw: Any, source: str) -> ExperimentSpec:
+    problems = _problems(raw)
+    if problems:
+        raise SpecError(source, problems)
+    return ExperimentSpec.model_validate(raw)
+
+
+def _set_path(raw: dict, path: str, value: Any) -> dict:
+    """A copy of `raw` with the dotted `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    out = dict(raw)
+    if rest:
+        inner = out.get(head)
+        out[head] = _set_path(inner if isinstance(inner, dict) else {}, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def _is_spec_path(path: str) -> bool:
+    model: Any = ExperimentSpec
+    for part in path.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return False
+        if part == "source":
+            return True  # its fields depend on the source kind; the grid points are validated anyway
+        model = model.model_fields[part].annotation
+    return not (isinstance(model, type) and issubclass(model, BaseModel))
+
+
+def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
+    """The sweep's points as override dicts (one empty dict when there is no grid)."""
+    grid = spec.sweep.grid
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def with_overrides(spec: ExperimentSpec, overrides: dict[str, Any], source: str = "overrides") -> ExperimentSpec:
+    """The spec with dotted-path overrides applied and validated again."""
+    raw = spec.model_dump(mode="json")
+    for path, value in overrides.items():
+        if not _is_spec_path(path):
+            raise SpecError(source, [f"{path}: not a field of the spec"])
+        raw = _set_path(raw, path, value)
+    return _validate(raw, source)
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read, validate and check every sweep point of a spec file; raises SpecError."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(source, [f"cannot read the file: {err}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(source, [f"{where}not valid YAML ({getattr(err, 'problem', err)})"]) from None
+    problems = _problems(raw)
+    grid = raw.get("sweep", {}).get("grid") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else None
+    for path_, values in (grid.items() if isinstance(grid, dict) else ()):
+        if not _is_spec_path(path_):
+            problems.append(f"sweep.grid.{path_}: not a field of the spec")
+            continue
+        for i, value in enumerate(values if isinstance(values, list) else ()):
+            for problem in _problems(_set_path(raw, path_, value)):
+                if problem not in problems:  # only what this value adds to the base spec's problems
+                    inner = problem[len(path_) :] if problem.startswith(path_) else f": {problem}"
+                    problems.append(f"sweep.grid.{path_}[{i}]{inner}")
+    if problems:
+        raise SpecError(source, problems)
+    return ExperimentSpec.model_validate(raw)
