@@ -71,6 +71,50 @@ def _validate(paths: list[str]) -> int:
     return 2 if failed else 0
 
 
+def _load(path: str) -> ExperimentSpec:
+    try:
+        return load_spec(path)
+    except SpecError as err:
+        raise SystemExit(f"{err}")
+
+
+def _print_stats(stats: dict, usage: dict) -> None:
+    print(f"{stats['tokenizer']} tokens, rows of seq_len {stats['seq_len']} + 1, in {stats['path']}")
+    print(f"{'lang':<5} {'train tokens':>14} {'val tokens':>12} {'train docs':>10} {'val docs':>8}  pool passes")
+    for lang, s in stats["languages"].items():
+        passes = usage.get(lang, {}).get("passes")
+        note = "probe language" if lang not in usage else f"{passes}" + (" (rows repeat)" if passes > 1 else "")
+        print(
+            f"{lang:<5} {s['train_tokens']:>14,} {s['val_tokens']:>12,} {s['train_documents']:>10,} "
+            f"{s['val_documents']:>8,}  {note}"
+        )
+
+
+def _data(args) -> int:
+    from plasticity_ray.data.prepare import load_prepared, prepare
+    from plasticity_ray.data.schedule import pool_usage
+    from plasticity_ray.data.shards import DataError
+
+    spec = _load(args.spec)
+    try:
+        if args.data_command == "prepare":
+            from plasticity_ray.runtime import init_ray
+
+            init_ray()
+            prepared = prepare(spec)
+        else:
+            prepared = load_prepared(spec)
+        stats, usage = prepared.stats(), pool_usage(spec, prepared)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps({**stats, "pool_usage": usage}, indent=2))
+    else:
+        _print_stats(stats, usage)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plasticity-ray",
@@ -83,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check experiment spec files")
     validate.add_argument("specs", nargs="+", metavar="SPEC", help="YAML spec file(s)")
+
+    data = commands.add_parser("data", help="prepare token shards and inspect them")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    prepare = data_commands.add_parser("prepare", help="tokenize and pack every language of a spec (skips finished ones)")
+    prepare.add_argument("spec", metavar="SPEC")
+    stats = data_commands.add_parser("stats", help="token and document counts of the prepared data")
+    stats.add_argument("spec", metavar="SPEC")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -92,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return _print_sizes(args.json)
     if args.command == "validate":
         return _validate(args.specs)
+    if args.command == "data":
+        return _data(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -88,13 +88,18 @@ class BuiltinSource(_Section):
 
 
 class HFSource(_Section):
-    """A Hugging Face dataset with one config per language; the token comes from HF_TOKEN."""
+    """A Hugging Face dataset's Parquet files, read in parallel; the token comes from HF_TOKEN.
+
+    `dataset` is a hub repository (read through the hub's fsspec filesystem) or a local directory
+    with the same layout. `data_files` is a glob inside it, with {config} replaced by the
+    language's config (by default the language code, as in CulturaX: en/en_part_00000.parquet).
+    """
 
     kind: Literal["hf"]
     dataset: str = "uonlp/CulturaX"
-    split: str = "train"
+    data_files: str = "{config}/*.parquet"
     text_field: str = "text"
-    configs: dict[Language, str] = Field(default_factory=dict)  # language -> config; default: the code
+    configs: dict[Language, str] = Field(default_factory=dict)
 
 
 class FilesSource(_Section):
@@ -114,7 +119,10 @@ class DataSpec(_Section):
     languages: Annotated[list[Language], Field(min_length=1), AfterValidator(_unique)] = list(PAPER_LANGUAGE_ORDER)
     probe_language: Language = "vi"
     seq_len: Annotated[int, Gt(1)] = 2048
-    validation_tokens: Count = 1_000_000_000  # held-out pool per language (the paper: 1B)
+    validation_tokens: Count = 1_000_000_000  # cap of the held-out pool per language (the paper: 1B)
+    # hf and files sources: the share of documents held out for validation (builtin has its own split).
+    validation_fraction: Annotated[float, Gt(0), Lt(1)] = 0.01
+    train_tokens: Count | None = None  # cap of the training pool per language; None: all the source has
 
     @model_validator(mode="after")
     def _probe_language_is_held_out(self) -> "DataSpec":

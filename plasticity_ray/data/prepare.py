@@ -1,0 +1,245 @@
+"""Data preparation: documents → clean → tokenize (Ray Data actor pool) → pack → Parquet shards.
+
+One location per data configuration: ``<storage>/prepared/<tokenizer>-<fingerprint>``, where the
+fingerprint hashes every data field except the language lists, so changing the source, tokenizer,
+sequence length or pool sizes writes somewhere new instead of mixing. Work is done per language;
+a language whose two units (train, validation) are complete is skipped, so re-running is cheap and
+an interrupted run resumes. Rows are cut on the driver from the ordered token stream (Ray Data
+keeps the order), so the result is the same on every run and only the final, less-than-a-row
+tail of each pool is left out (its size is recorded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from plasticity_ray.data.shards import DataError, Packer, Unit, UnitWriter, write_json_atomic
+from plasticity_ray.data.sources import documents
+from plasticity_ray.data.tokenizers import get_tokenizer
+from plasticity_ray.spec import DataSpec, ExperimentSpec
+
+FORMAT = 1
+SPLITS = ("train", "validation")
+DOCS_PER_BATCH = 256
+
+
+def data_fingerprint(data: DataSpec) -> str:
+    config = data.model_dump(mode="json", exclude={"languages", "probe_language"})
+    return hashlib.sha256(json.dumps({"format": FORMAT, **config}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def storage_dir(storage_path: str) -> Path:
+    if "://" in storage_path and not storage_path.startswith("file://"):
+        raise DataError(f"storage_path: {storage_path!r}: data preparation needs a local or mounted (NFS) path")
+    return Path(storage_path.removeprefix("file://")).expanduser()
+
+
+def prepared_root(spec: ExperimentSpec) -> Path:
+    return storage_dir(spec.storage_path) / "prepared" / f"{spec.data.tokenizer}-{data_fingerprint(spec.data)}"
+
+
+def all_languages(data: DataSpec) -> list[str]:
+    return [*data.languages, data.probe_language]
+
+
+class Tokenize:
+    """Ray Data actor: a batch of documents → their token ids, each followed by the separator."""
+
+    tokenizer_name = "byte"
+
+    def __init__(self):
+        self.tokenizer = get_tokenizer(self.tokenizer_name)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = [unicodedata.normalize("NFC", t or "").strip() for t in batch.column("text").to_pylist()]
+        keep = [i for i, t in enumerate(texts) if t]
+        encoded = self.tokenizer.encode_batch([texts[i] for i in keep])
+        lengths = np.array([len(e) + 1 for e in encoded], dtype=np.int32)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        values = np.empty(offsets[-1], dtype=np.int32)
+        for ids, end in zip(encoded, offsets[1:]):
+            values[end - len(ids) - 1 : end - 1] = ids
+            values[end - 1] = self.tokenizer.eot_id
+        splits = batch.column("split").take(pa.array(keep, type=pa.int64()))
+        return pa.table({"split": splits, "ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))})
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Prepared data for a spec: the root, its manifest and one Unit per (language, split)."""
+
+    root: Path
+    manifest: dict
+    units: dict[tuple[str, str], Unit]
+
+    def unit(self, language: str, split: str) -> Unit:
+        return self.units[(language, split)]
+
+    def stats(self) -> dict:
+        languages = {}
+        for (language, split), unit in self.units.items():
+            entry = languages.setdefault(language, {})
+            key = "val" if split == "validation" else "train"
+            info = self.manifest["languages"][language][split]
+            entry[f"{key}_tokens"] = unit.rows * unit.row_len
+            entry[f"{key}_rows"] = unit.rows
+            entry[f"{key}_documents"] = info["documents"]
+        return {"tokenizer": self.manifest["tokenizer"]["name"], "seq_len": self.manifest["seq_len"],
+                "path": str(self.root), "languages": languages}
+
+
+def _manifest_path(root: Path) -> Path:
+    return root / "manifest.json"
+
+
+def _expected_header(spec: ExperimentSpec) -> dict:
+    tokenizer = get_tokenizer(spec.data.tokenizer)
+    return {
+        "format": FORMAT,
+        "fingerprint": data_fingerprint(spec.data),
+        "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id},
+        "seq_len": spec.data.seq_len,
+        "data": spec.data.model_dump(mode="json", exclude={"languages", "probe_language"}),
+    }
+
+
+def _read_manifest(root: Path, spec: ExperimentSpec) -> dict | None:
+    path = _manifest_path(root)
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: unreadable manifest ({err}); move it aside to prepare again") from None
+    expected = _expected_header(spec)
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise DataError(
+                f"{path}: does not match the spec's data section ({key}: manifest has {manifest.get(key)!r}, "
+                f"spec needs {value!r}); nothing was changed"
+            )
+    return manifest
+
+
+def load_prepared(spec: ExperimentSpec, languages: list[str] | None = None) -> Prepared:
+    """The prepared data a spec needs; DataError if any of it is missing or inconsistent."""
+    root = prepared_root(spec)
+    manifest = _read_manifest(root, spec)
+    if manifest is None:
+        raise DataError(f"{root}: no prepared data for this spec; run `plasticity-ray data prepare SPEC` first")
+    units = {}
+    for language in languages or all_languages(spec.data):
+        if language not in manifest["languages"]:
+            raise DataError(f"{language}: not prepared in {root}; run `plasticity-ray data prepare SPEC`")
+        for split in SPLITS:
+            info = manifest["languages"][language][split]
+            unit = Unit(root, language, split, info["rows"], spec.data.seq_len + 1, tuple(info["shards"]))
+            unit.verify()
+            units[(language, split)] = unit
+    return Prepared(root, manifest, units)
+
+
+def _prepare_language(spec: ExperimentSpec, root: Path, language: str, say: Callable[[str], None]) -> dict:
+    writers = {s: UnitWriter(root, language, s, spec.data.seq_len + 1) for s in SPLITS}
+    try:
+        return _write_language(spec, language, writers, say)
+    except BaseException as err:
+        for writer in writers.values():
+            writer.abort()
+        cause = _data_error_in(err)
+        if cause is not None and cause is not err:
+            raise cause from None  # the DataError a Ray task raised, without Ray's wrapping
+        raise
+
+
+def _data_error_in(err: BaseException) -> DataError | None:
+    """The DataError behind an exception. A Ray Data task's error reaches the driver as a
+    UserCodeException that keeps only the text of the original traceback, so read it from there."""
+    if isinstance(err, DataError):
+        return err
+    found = re.findall(rf"{DataError.__module__}\.DataError: (.+)", str(err))
+    return DataError(found[-1]) if found else None
+
+
+def _write_language(spec: ExperimentSpec, language: str, writers: dict[str, UnitWriter], say: Callable[[str], None]) -> dict:
+    data = spec.data
+    row_len = data.seq_len + 1
+    caps = {"train": data.train_tokens, "validation": data.validation_tokens}
+    cap_rows = {s: None if caps[s] is None else max(1, caps[s] // row_len) for s in SPLITS}
+    packers = {s: Packer(row_len) for s in SPLITS}
+    docs = {s: 0 for s in SPLITS}
+    tokens = {s: 0 for s in SPLITS}
+    started, last_report = time.time(), time.time()
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    # The tokenizer's name rides on a subclass, not in constructor arguments, which Ray would put
+    # in the object store (and warn that restarted actors may lose them).
+    tokenize = type(f"Tokenize_{data.tokenizer}", (Tokenize,), {"tokenizer_name": data.tokenizer})
+    stream = documents(data, language).map_batches(
+        tokenize, batch_size=DOCS_PER_BATCH, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus), num_cpus=1,
+    )
+    for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None):
+        for split in SPLITS:
+            if cap_rows[split] is not None and writers[split].rows_added >= cap_rows[split]:
+                continue
+            ids = batch.column("ids").filter(pc.equal(batch.column("split"), split))
+            docs[split] += len(ids)
+            flat = pc.list_flatten(ids).to_numpy()
+            tokens[split] += len(flat)
+            rows = packers[split].add(flat)
+            if cap_rows[split] is not None:
+                rows = rows[: cap_rows[split] - writers[split].rows_added]
+            writers[split].add(rows)
+        if time.time() - last_report > 10:
+            say(f"  {language}: {sum(docs.values()):,} documents, {sum(tokens.values()):,} tokens so far")
+            last_report = time.time()
+        if all(cap_rows[s] is not None and writers[s].rows_added >= cap_rows[s] for s in SPLITS):
+            break
+    for split in SPLITS:
+        if writers[split].rows_added == 0:
+            raise DataError(
+                f"{language}: no {split} data ({docs[split]:,} documents, {tokens[split]:,} tokens: "
+                f"fewer than one row of seq_len + 1 = {row_len} tokens)"
+            )
+    units = {
+        s: writers[s].finish(documents=docs[s], source_tokens=tokens[s], dropped_tail_tokens=len(packers[s].tail))
+        for s in SPLITS
+    }
+    elapsed = time.time() - started
+    say(
+        f"  {language}: train {units['train']['rows']:,} rows ({units['train']['tokens']:,} tokens), "
+        f"validation {units['validation']['rows']:,} rows; {sum(tokens.values()) / elapsed:,.0f} tokens/s"
+    )
+    return units
+
+
+def prepare(spec: ExperimentSpec, say: Callable[[str], None] = print) -> Prepared:
+    """Prepare every language of the spec (training languages and the probe language)."""
+    root = prepared_root(spec)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = _read_manifest(root, spec) or {**_expected_header(spec), "languages": {}}
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows are cut from the stream in order
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # we print our own progress, per language
+    say(f"preparing {spec.data.tokenizer} data in {root}")
+    for language in all_languages(spec.data):
+        if language in manifest["languages"]:
+            say(f"  {language}: already prepared, skipped")
+            continue
+        units = _prepare_language(spec, root, language, say)
+        manifest["languages"][language] = units
+        write_json_atomic(_manifest_path(root), manifest)
+    return load_prepared(spec)

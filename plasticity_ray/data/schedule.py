@@ -1,0 +1,184 @@
+"""Which rows feed task instance i, and the Ray Data stream that delivers them.
+
+Continual mode: task i trains on language ``languages[i % n]``, the k-th time it comes back
+(k = i // n, the cycle). Each language has an endless, seeded stream over its pool: a pass visits
+every row once, in a fresh shuffle; a new pass (the pool is reused) starts only when a pass is
+exhausted. Task k of a language takes the next ``rows_per_task`` positions of that stream, so
+data is fresh each time a language returns until its pool runs out.
+
+Stationary mode: every task is a mixture; each language contributes a fixed quota of rows per
+task (its weight's share, largest-remainder rounding), taken from its own stream as above, and the
+quotas are interleaved row by row in a seeded order.
+
+The shuffle works on row groups (ROW_GROUP_ROWS rows): a pass permutes the row groups, and rows
+are shuffled again inside windows of WINDOW_GROUPS consecutive groups of that order, so a window
+is read once and its rows are well mixed. Everything depends only on (seed, language, pass,
+window), so any (task, step) position is computed directly, without replaying the run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import ray.data
+
+from plasticity_ray.data.prepare import Prepared
+from plasticity_ray.data.shards import ROW_GROUP_ROWS, Unit
+from plasticity_ray.spec import ALL_LANGUAGES, ExperimentSpec
+
+WINDOW_GROUPS = 8
+ITEM_ROWS = 1024  # rows per read task of the stream
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    cycle: int
+    position: int  # place in the cycle, 0-based
+    language: str | None  # None in stationary mode (a mixture)
+
+
+def task_info(spec: ExperimentSpec, index: int) -> Task:
+    languages = spec.data.languages
+    cycle, position = divmod(index, len(languages))
+    language = languages[position] if spec.schedule.mode == "continual" else None
+    return Task(index, cycle, position, language)
+
+
+def rows_per_task(spec: ExperimentSpec) -> int:
+    return spec.steps_per_task * spec.global_sequences
+
+
+def mixture_quotas(spec: ExperimentSpec) -> dict[str, int]:
+    """Rows per task from each language in stationary mode (sums to rows_per_task)."""
+    languages = spec.data.languages
+    weights = spec.schedule.mixture_weights or {}
+    w = np.array([weights.get(lang, 1.0 if not weights else 0.0) for lang in languages], dtype=float)
+    exact = rows_per_task(spec) * w / w.sum()
+    quotas = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quotas), kind="stable")[: rows_per_task(spec) - quotas.sum()]:
+        quotas[i] += 1
+    return dict(zip(languages, quotas.tolist()))
+
+
+class LanguageStream:
+    """The endless seeded order of one pool's rows: position → global row index."""
+
+    def __init__(self, pool_rows: int, seed: int, language: str):
+        if pool_rows <= 0:
+            raise ValueError(f"{language}: empty pool")
+        self.n = pool_rows
+        self.key = (seed, ALL_LANGUAGES.index(language))
+        self.groups = -(-pool_rows // ROW_GROUP_ROWS)
+
+    def passes_for(self, positions: int) -> int:
+        return math.ceil(positions / self.n)
+
+    @lru_cache(maxsize=4)
+    def _pass(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row-group order of pass p, and the first position of each window (plus the end)."""
+        order = np.random.default_rng([*self.key, p]).permutation(self.groups)
+        sizes = np.minimum(ROW_GROUP_ROWS, self.n - order * ROW_GROUP_ROWS)
+        window_sizes = np.add.reduceat(sizes, np.arange(0, self.groups, WINDOW_GROUPS))
+        return order, np.concatenate([[0], np.cumsum(window_sizes)])
+
+    def _window(self, p: int, w: int) -> np.ndarray:
+        order, _ = self._pass(p)
+        groups = order[w * WINDOW_GROUPS : (w + 1) * WINDOW_GROUPS]
+        rows = np.concatenate([np.arange(g * ROW_GROUP_ROWS, min((g + 1) * ROW_GROUP_ROWS, self.n)) for g in groups])
+        return rows[np.random.default_rng([*self.key, p, w + 1]).permutation(len(rows))]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Global row indices at stream positions [start, stop)."""
+        out = []
+        position = start
+        while position < stop:
+            p, within = divmod(position, self.n)
+            _, bounds = self._pass(p)
+            w = int(np.searchsorted(bounds, within, side="right")) - 1
+            window = self._window(p, w)
+            a = within - bounds[w]
+            b = min(len(window), a + (stop - position))
+            out.append(window[a:b])
+            position += b - a
+        return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """The rows of one task in training order: a language code and a row index per position."""
+
+    task: Task
+    languages: np.ndarray  # int8 index into ALL_LANGUAGES
+    rows: np.ndarray  # int64 row index in that language's train pool
+
+
+def _streams(spec: ExperimentSpec, prepared: Prepared) -> dict[str, LanguageStream]:
+    return {
+        lang: LanguageStream(prepared.unit(lang, "train").rows, spec.seed, lang) for lang in spec.data.languages
+    }
+
+
+def task_rows(spec: ExperimentSpec, prepared: Prepared, index: int) -> TaskRows:
+    task = task_info(spec, index)
+    per_task = rows_per_task(spec)
+    streams = _streams(spec, prepared)
+    if task.language is not None:
+        stream = streams[task.language]
+        rows = stream.rows(task.cycle * per_task, (task.cycle + 1) * per_task)
+        codes = np.full(per_task, ALL_LANGUAGES.index(task.language), dtype=np.int8)
+        return TaskRows(task, codes, rows)
+    quotas = mixture_quotas(spec)
+    labels = np.concatenate([np.full(q, ALL_LANGUAGES.index(lang), dtype=np.int8) for lang, q in quotas.items()])
+    labels = labels[np.random.default_rng([spec.seed, len(ALL_LANGUAGES), index]).permutation(per_task)]
+    rows = np.empty(per_task, dtype=np.int64)
+    for lang, quota in quotas.items():
+        rows[labels == ALL_LANGUAGES.index(lang)] = streams[lang].rows(index * quota, (index + 1) * quota)
+    return TaskRows(task, labels, rows)
+
+
+def pool_usage(spec: ExperimentSpec, prepared: Prepared) -> dict[str, dict]:
+    """Per language: rows the whole run reads, rows in the pool, and how many passes that takes
+    (more than 1 means the run sees some rows again: the pool is too small for the schedule)."""
+    usage = {}
+    quotas = mixture_quotas(spec) if spec.schedule.mode == "stationary" else None
+    for lang, stream in _streams(spec, prepared).items():
+        needed = spec.tasks * quotas[lang] if quotas else spec.schedule.cycles * rows_per_task(spec)
+        usage[lang] = {"rows_needed": needed, "pool_rows": stream.n, "passes": stream.passes_for(needed)}
+    return usage
+
+
+def _read_rows(batch: dict, units: dict[str, Unit]) -> dict:
+    """One read item (a batch of size 1) → its rows' token ids, in order."""
+    codes, rows = np.asarray(batch["languages"][0]), np.asarray(batch["rows"][0])
+    out = None
+    for code in np.unique(codes):
+        unit = units[ALL_LANGUAGES[code]]
+        mask = codes == code
+        wanted = rows[mask]
+        groups = np.unique(wanted // ROW_GROUP_ROWS)
+        block = np.concatenate([unit.read_row_group(int(g)) for g in groups])
+        # Row r sits at (index of its group among `groups`) * ROW_GROUP_ROWS + r % ROW_GROUP_ROWS.
+        at = np.searchsorted(groups, wanted // ROW_GROUP_ROWS) * ROW_GROUP_ROWS + wanted % ROW_GROUP_ROWS
+        if out is None:
+            out = np.empty((len(codes), unit.row_len), dtype=np.int32)
+        out[mask] = block[at]
+    return {"ids": out}
+
+
+def task_stream(spec: ExperimentSpec, prepared: Prepared, index: int, start_step: int = 0) -> ray.data.Dataset:
+    """Ray Data stream of task `index` from `start_step` on: a column ``ids`` of seq_len + 1 token
+    ids per row, in training order; global batch s is rows [s·B, (s+1)·B), B = global sequences.
+    Iterate it with ``preserve_order`` on (set here) to get exactly that order."""
+    plan = task_rows(spec, prepared, index)
+    begin = start_step * spec.global_sequences
+    items = [
+        {"languages": plan.languages[a : a + ITEM_ROWS], "rows": plan.rows[a : a + ITEM_ROWS]}
+        for a in range(begin, len(plan.rows), ITEM_ROWS)
+    ]
+    units = {lang: prepared.unit(lang, "train") for lang in spec.data.languages}
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    return ray.data.from_items(items).map_batches(lambda b: _read_rows(b, units), batch_size=1, batch_format="numpy")
