@@ -104,6 +104,9 @@ def _data(args) -> int:
             prepared = prepare(spec)
         else:
             prepared = load_prepared(spec)
+            if args.verify:
+                for unit in prepared.units.values():
+                    unit.verify(checksums=True)
         stats, usage = prepared.stats(), pool_usage(spec, prepared)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -112,6 +115,22 @@ def _data(args) -> int:
         print(json.dumps({**stats, "pool_usage": usage}, indent=2))
     else:
         _print_stats(stats, usage)
+    return 0
+
+
+def _bench(args, argv: list[str]) -> int:
+    from pathlib import Path
+
+    from plasticity_ray.storage import write_json_atomic
+
+    if args.bench_command == "data":
+        from plasticity_ray.bench.data import bench_data
+
+        record = bench_data(argv, steps=args.steps, pool_rows=args.pool_rows)
+    print(json.dumps(record, indent=2))
+    if args.out:
+        write_json_atomic(Path(args.out), record)
+        print(f"written to {args.out}")
     return 0
 
 
@@ -135,10 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     stats = data_commands.add_parser("stats", help="token and document counts of the prepared data")
     stats.add_argument("spec", metavar="SPEC")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.add_argument("--verify", action="store_true", help="also check every shard's checksum")
+
+    bench = commands.add_parser("bench", help="benchmarks; results are JSON records with device, date and command")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    bench_data = bench_commands.add_parser("data", help="tokenization, preparation and training-stream throughput")
+    bench_data.add_argument("--steps", type=int, default=256, help="steps of 256 × 2,049 ids streamed per mode")
+    bench_data.add_argument("--pool-rows", type=int, default=8192, help="rows per synthetic language pool")
+    bench_data.add_argument("--out", help="also write the record to this JSON file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.command == "sizes":
         return _print_sizes(args.json)
@@ -146,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.specs)
     if args.command == "data":
         return _data(args)
+    if args.command == "bench":
+        return _bench(args, argv)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -11,6 +11,7 @@ tail of each pool is left out (its size is recorded).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,10 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from plasticity_ray.data.shards import DataError, Packer, Unit, UnitWriter, write_json_atomic
+from plasticity_ray.data.shards import DataError, Packer, Unit, UnitWriter
 from plasticity_ray.data.sources import documents
 from plasticity_ray.data.tokenizers import get_tokenizer
 from plasticity_ray.spec import DataSpec, ExperimentSpec
+from plasticity_ray.storage import storage_dir, write_json_atomic
 
 FORMAT = 1
 SPLITS = ("train", "validation")
@@ -41,40 +43,37 @@ def data_fingerprint(data: DataSpec) -> str:
     return hashlib.sha256(json.dumps({"format": FORMAT, **config}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def storage_dir(storage_path: str) -> Path:
-    if "://" in storage_path and not storage_path.startswith("file://"):
-        raise DataError(f"storage_path: {storage_path!r}: data preparation needs a local or mounted (NFS) path")
-    return Path(storage_path.removeprefix("file://")).expanduser()
-
-
 def prepared_root(spec: ExperimentSpec) -> Path:
-    return storage_dir(spec.storage_path) / "prepared" / f"{spec.data.tokenizer}-{data_fingerprint(spec.data)}"
+    try:
+        storage = storage_dir(spec.storage_path)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return storage / "prepared" / f"{spec.data.tokenizer}-{data_fingerprint(spec.data)}"
 
 
 def all_languages(data: DataSpec) -> list[str]:
     return [*data.languages, data.probe_language]
 
 
-class Tokenize:
-    """Ray Data actor: a batch of documents → their token ids, each followed by the separator."""
+@functools.lru_cache(maxsize=None)
+def _cached_tokenizer(name: str):
+    return get_tokenizer(name)  # once per Ray worker process, which Ray reuses across tasks
 
-    tokenizer_name = "byte"
 
-    def __init__(self):
-        self.tokenizer = get_tokenizer(self.tokenizer_name)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = [unicodedata.normalize("NFC", t or "").strip() for t in batch.column("text").to_pylist()]
-        keep = [i for i, t in enumerate(texts) if t]
-        encoded = self.tokenizer.encode_batch([texts[i] for i in keep])
-        lengths = np.array([len(e) + 1 for e in encoded], dtype=np.int32)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        values = np.empty(offsets[-1], dtype=np.int32)
-        for ids, end in zip(encoded, offsets[1:]):
-            values[end - len(ids) - 1 : end - 1] = ids
-            values[end - 1] = self.tokenizer.eot_id
-        splits = batch.column("split").take(pa.array(keep, type=pa.int64()))
-        return pa.table({"split": splits, "ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))})
+def tokenize_batch(batch: pa.Table, tokenizer: str) -> pa.Table:
+    """A batch of documents → their token ids, each followed by the separator (empty ones dropped)."""
+    tok = _cached_tokenizer(tokenizer)
+    texts = [unicodedata.normalize("NFC", t or "").strip() for t in batch.column("text").to_pylist()]
+    keep = [i for i, t in enumerate(texts) if t]
+    encoded = tok.encode_batch([texts[i] for i in keep])
+    lengths = np.array([len(e) + 1 for e in encoded], dtype=np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.empty(offsets[-1], dtype=np.int32)
+    for ids, end in zip(encoded, offsets[1:]):
+        values[end - len(ids) - 1 : end - 1] = ids
+        values[end - 1] = tok.eot_id
+    splits = batch.column("split").take(pa.array(keep, type=pa.int64()))
+    return pa.table({"split": splits, "ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))})
 
 
 @dataclass(frozen=True)
@@ -183,13 +182,8 @@ def _write_language(spec: ExperimentSpec, language: str, writers: dict[str, Unit
     docs = {s: 0 for s in SPLITS}
     tokens = {s: 0 for s in SPLITS}
     started, last_report = time.time(), time.time()
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
-    # The tokenizer's name rides on a subclass, not in constructor arguments, which Ray would put
-    # in the object store (and warn that restarted actors may lose them).
-    tokenize = type(f"Tokenize_{data.tokenizer}", (Tokenize,), {"tokenizer_name": data.tokenizer})
     stream = documents(data, language).map_batches(
-        tokenize, batch_size=DOCS_PER_BATCH, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus), num_cpus=1,
+        tokenize_batch, fn_kwargs={"tokenizer": data.tokenizer}, batch_size=DOCS_PER_BATCH, batch_format="pyarrow"
     )
     for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None):
         for split in SPLITS:

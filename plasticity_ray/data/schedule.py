@@ -30,7 +30,7 @@ from plasticity_ray.data.shards import ROW_GROUP_ROWS, Unit
 from plasticity_ray.spec import ALL_LANGUAGES, ExperimentSpec
 
 WINDOW_GROUPS = 8
-ITEM_ROWS = 1024  # rows per read task of the stream
+WINDOW_ROWS = WINDOW_GROUPS * ROW_GROUP_ROWS
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def _read_rows(batch: dict, units: dict[str, Unit]) -> dict:
         mask = codes == code
         wanted = rows[mask]
         groups = np.unique(wanted // ROW_GROUP_ROWS)
-        block = np.concatenate([unit.read_row_group(int(g)) for g in groups])
+        block = unit.read_row_groups(groups.tolist())
         # Row r sits at (index of its group among `groups`) * ROW_GROUP_ROWS + r % ROW_GROUP_ROWS.
         at = np.searchsorted(groups, wanted // ROW_GROUP_ROWS) * ROW_GROUP_ROWS + wanted % ROW_GROUP_ROWS
         if out is None:
@@ -175,9 +175,12 @@ def task_stream(spec: ExperimentSpec, prepared: Prepared, index: int, start_step
     Iterate it with ``preserve_order`` on (set here) to get exactly that order."""
     plan = task_rows(spec, prepared, index)
     begin = start_step * spec.global_sequences
+    # A read item covers about one window per language it mixes, so each window it touches is
+    # read once for many of its rows rather than once per few rows.
+    item_rows = WINDOW_ROWS * len(np.unique(plan.languages))
     items = [
-        {"languages": plan.languages[a : a + ITEM_ROWS], "rows": plan.rows[a : a + ITEM_ROWS]}
-        for a in range(begin, len(plan.rows), ITEM_ROWS)
+        {"languages": plan.languages[a : a + item_rows], "rows": plan.rows[a : a + item_rows]}
+        for a in range(begin, len(plan.rows), item_rows)
     ]
     units = {lang: prepared.unit(lang, "train") for lang in spec.data.languages}
     ray.data.DataContext.get_current().execution_options.preserve_order = True

@@ -14,7 +14,7 @@ in use.
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,12 +30,6 @@ ROW_GROUPS_PER_SHARD = 256  # 32,768 rows: 268 MB of int32 at seq_len 2048
 
 class DataError(Exception):
     """Bad input data or prepared data; the message names the language, file or field."""
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def file_sha256(path: Path) -> str:
@@ -152,17 +146,19 @@ class Unit:
             if checksums and file_sha256(path) != shard["sha256"]:
                 raise DataError(f"{path}: checksum differs from the manifest's (corrupted)")
 
-    def read_row_group(self, group: int) -> np.ndarray:
-        """Rows [group·ROW_GROUP_ROWS, ...) of the unit as an (n × row_len) int32 array."""
-        per_shard = ROW_GROUPS_PER_SHARD
-        shard = self.shards[group // per_shard]
-        path = self.shard_path(shard)
-        try:
-            table = pq.ParquetFile(path).read_row_group(group % per_shard, columns=["ids"])
-        except (OSError, pa.ArrowException) as err:
-            raise DataError(f"{path}: cannot read row group {group % per_shard} ({err})") from None
-        values = table.column("ids").combine_chunks().flatten().to_numpy()
-        return values.reshape(-1, self.row_len)
+    def read_row_groups(self, groups: list[int]) -> np.ndarray:
+        """The rows of the unit's row groups `groups` (in that order) as an (n × row_len) int32 array;
+        row group g holds rows [g·ROW_GROUP_ROWS, (g+1)·ROW_GROUP_ROWS)."""
+        parts = []
+        for shard_index, in_shard in itertools.groupby(groups, key=lambda g: g // ROW_GROUPS_PER_SHARD):
+            path = self.shard_path(self.shards[shard_index])
+            local = [g % ROW_GROUPS_PER_SHARD for g in in_shard]
+            try:
+                table = pq.ParquetFile(path).read_row_groups(local, columns=["ids"])
+            except (OSError, pa.ArrowException) as err:
+                raise DataError(f"{path}: cannot read row groups {local} ({err})") from None
+            parts.append(table.column("ids").combine_chunks().flatten().to_numpy().reshape(-1, self.row_len))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def read_all(self) -> np.ndarray:
-        return np.concatenate([self.read_row_group(g) for g in range(self.row_groups)])
+        return self.read_row_groups(list(range(self.row_groups)))

@@ -24,6 +24,7 @@ from plasticity_ray.data.shards import DataError
 from plasticity_ray.spec import BuiltinSource, DataSpec, FilesSource, HFSource
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+BUILTIN_BLOCK_DOCS = 64  # documents per block, so tokenization spreads over the workers
 
 
 def documents(data: DataSpec, language: str) -> ray.data.Dataset:
@@ -44,7 +45,8 @@ def _builtin(language: str) -> ray.data.Dataset:
         raise DataError(f"{language}: the built-in corpus has no file {path.name}")
     with lzma.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    return ray.data.from_arrow(pa.table({"split": [r["split"] for r in rows], "text": [r["text"] for r in rows]}))
+    table = pa.table({"split": [r["split"] for r in rows], "text": [r["text"] for r in rows]})
+    return ray.data.from_arrow([table.slice(i, BUILTIN_BLOCK_DOCS) for i in range(0, len(table), BUILTIN_BLOCK_DOCS)])
 
 
 def _assign_split(batch: pa.Table, fraction: float) -> pa.Table:

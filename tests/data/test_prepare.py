@@ -97,7 +97,7 @@ def test_qwen3_demo_prepares_all_nine_languages(ray_session, demo_spec):
     assert stats["tokenizer"] == "qwen3"
     assert set(stats["languages"]) == set(ALL_LANGUAGES)
     assert all(s["train_tokens"] > 0 and s["val_tokens"] > 0 for s in stats["languages"].values())
-    ids = load_prepared(spec).unit("vi", "train").read_row_group(0)
+    ids = load_prepared(spec).unit("vi", "train").read_row_groups([0])
     assert ids.max() < 151_680
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from plasticity_ray.data.prepare import Tokenize
+from plasticity_ray.data.prepare import tokenize_batch
 from plasticity_ray.data.sources import BUILTIN_DIR
 from plasticity_ray.data.tokenizers import ByteTokenizer, Qwen3Tokenizer, get_tokenizer
 from plasticity_ray.spec import ALL_LANGUAGES
@@ -59,10 +59,9 @@ def test_unknown_tokenizer_names_the_choices():
 
 
 @pytest.mark.parametrize("name", ["byte", "qwen3"])
-def test_tokenize_actor_ends_every_document_with_the_separator(name):
-    tokenize = type("T", (Tokenize,), {"tokenizer_name": name})()
+def test_tokenize_batch_ends_every_document_with_the_separator(name):
     batch = pa.table({"split": ["train", "validation", "train"], "text": ["first doc", "  ", "second\u0301 doc"]})
-    out = tokenize(batch)
+    out = tokenize_batch(batch, name)
     assert out.column("split").to_pylist() == ["train", "train"]  # the blank document is dropped
     tok = get_tokenizer(name)
     for ids, text in zip(out.column("ids").to_pylist(), ["first doc", "second\u0301 doc"]):
