@@ -118,6 +118,41 @@ def _data(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from plasticity_ray.data.shards import DataError
+    from plasticity_ray.runtime import init_ray
+    from plasticity_ray.train.checkpoint import CheckpointError
+    from plasticity_ray.train.launch import run_training
+
+    spec = _load(args.spec)
+    overrides = {
+        "model.size": args.size, "optimizer.lr": args.lr, "resources.workers": args.workers,
+        "resources.gpus_per_worker": args.gpus_per_worker, "storage_path": args.storage,
+    }
+    try:
+        spec = with_overrides(spec, {k: v for k, v in overrides.items() if v is not None}, source="command line")
+    except SpecError as err:
+        raise SystemExit(str(err))
+    if spec.sweep.grid and args.size is None:
+        print(f"note: {args.spec} has a sweep grid; `train` runs the base spec (size {spec.model.size}). "
+              "Use `--size`, or `plasticity-ray sweep` for the whole grid.")
+    init_ray()
+    try:
+        summary = run_training(spec)
+    except (DataError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not summary.complete:
+        print(f"error: the run stopped before the end; its checkpoints are in {summary.run_dir}", file=sys.stderr)
+        return 1
+    last = summary.last or {}
+    print(f"done: {summary.run_dir}")
+    if last:
+        print(f"  final train loss {last['loss']:.4f} after {last['tokens_seen']:,} tokens")
+    print(f"  metrics: {summary.run_dir / 'metrics.jsonl'}; TensorBoard: tensorboard --logdir {summary.run_dir}")
+    return 0
+
+
 def _bench(args, argv: list[str]) -> int:
     from pathlib import Path
 
@@ -156,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.add_argument("--verify", action="store_true", help="also check every shard's checksum")
 
+    train = commands.add_parser("train", help="train one continual (or stationary) run on the current Ray")
+    train.add_argument("spec", metavar="SPEC")
+    train.add_argument("--size", help="model size (Table I name or L<layers>-d<hidden>)")
+    train.add_argument("--lr", type=float, help="learning rate (default: the spec's, 'paper' = Appendix A rule)")
+    train.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
+    train.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
+    train.add_argument("--storage", help="storage path for data, checkpoints and results")
+
     bench = commands.add_parser("bench", help="benchmarks; results are JSON records with device, date and command")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     bench_data = bench_commands.add_parser("data", help="tokenization, preparation and training-stream throughput")
@@ -174,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.specs)
     if args.command == "data":
         return _data(args)
+    if args.command == "train":
+        return _train(args)
     if args.command == "bench":
         return _bench(args, argv)
     raise AssertionError(f"unhandled command {args.command}")

@@ -14,4 +14,4 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(logging_level=logging.WARNING)

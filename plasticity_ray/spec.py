@@ -185,6 +185,19 @@ class ResourcesSpec(_Section):
     max_concurrent_probes: PositiveInt = 2
 
 
+class TrainSpec(_Section):
+    log_every: PositiveInt = 10  # steps between metric rows (and ray.train.report calls)
+    checkpoint_every: PositiveInt = 500  # steps; a checkpoint is also written at every task end
+    keep_checkpoints: PositiveInt = 2  # the newest K; probe-point checkpoints live until released
+    max_failures: Annotated[int, Ge(0)] = 3  # worker-group restarts from the last checkpoint
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on GPU only
+
+
+class DebugSpec(_Section):
+    fail_at_step: Annotated[int, Ge(0)] | None = None  # crash one worker once at this global step
+
+
 class SweepSpec(_Section):
     # Dotted spec paths to the values each takes, e.g. {"model.size": ["5M", "12M"], "seed": [0, 1]}.
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
@@ -202,7 +215,9 @@ class ExperimentSpec(_Section):
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     diagnostics: DiagnosticsSpec = Field(default_factory=DiagnosticsSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
+    debug: DebugSpec = Field(default_factory=DebugSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentSpec":

@@ -73,6 +73,7 @@ BAD_SPECS = {
     "bad grid value": ("sweep: {grid: {model.size: [5M, 9M]}}", "sweep.grid.model.size[1]: unknown size '9M'"),
     "bad grid path": ("sweep: {grid: {optimizer.lrr: [1]}}", "sweep.grid.optimizer.lrr: not a field of the spec"),
     "not yaml": ("model: [", "not valid YAML"),
+    "unknown tokenizer": ("data: {tokenizer: gpt2}", "data.tokenizer: must be 'qwen3' or 'byte'"),
 }
 
 

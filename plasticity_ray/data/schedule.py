@@ -169,19 +169,35 @@ def _read_rows(batch: dict, units: dict[str, Unit]) -> dict:
     return {"ids": out}
 
 
-def task_stream(spec: ExperimentSpec, prepared: Prepared, index: int, start_step: int = 0) -> ray.data.Dataset:
+def task_stream(
+    spec: ExperimentSpec, prepared: Prepared, index: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+) -> ray.data.Dataset:
     """Ray Data stream of task `index` from `start_step` on: a column ``ids`` of seq_len + 1 token
     ids per row, in training order; global batch s is rows [s·B, (s+1)·B), B = global sequences.
-    Iterate it with ``preserve_order`` on (set here) to get exactly that order."""
+    With `world_size` > 1, the stream holds only this rank's slice of every global batch: rows
+    [s·B + rank·b, s·B + (rank+1)·b), b = B / world_size. Iterate it with ``preserve_order``
+    on (set here) to get exactly that order."""
     plan = task_rows(spec, prepared, index)
-    begin = start_step * spec.global_sequences
+    batch = spec.global_sequences
+    if batch % world_size:
+        raise ValueError(f"{batch} sequences per batch do not split over {world_size} workers")
+    share = batch // world_size
+    positions = np.arange(start_step * batch, len(plan.rows))
+    positions = positions[(positions % batch) // share == rank]
+    languages, rows = plan.languages[positions], plan.rows[positions]
     # A read item covers about one window per language it mixes, so each window it touches is
     # read once for many of its rows rather than once per few rows.
-    item_rows = WINDOW_ROWS * len(np.unique(plan.languages))
+    item_rows = WINDOW_ROWS * len(np.unique(languages))
     items = [
-        {"languages": plan.languages[a : a + item_rows], "rows": plan.rows[a : a + item_rows]}
-        for a in range(begin, len(plan.rows), item_rows)
+        {"languages": languages[a : a + item_rows], "rows": rows[a : a + item_rows]}
+        for a in range(0, len(rows), item_rows)
     ]
     units = {lang: prepared.unit(lang, "train") for lang in spec.data.languages}
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    return ray.data.from_items(items).map_batches(lambda b: _read_rows(b, units), batch_size=1, batch_format="numpy")
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # one stream per task: bars would flood the driver's log
+    # Read tasks ask for no CPU: inside a Train worker the CPUs are all taken by the workers, and
+    # a read is light I/O that must never wait for a CPU slot (Ray Data would otherwise hang).
+    return ray.data.from_items(items).map_batches(
+        lambda b: _read_rows(b, units), batch_size=1, batch_format="numpy", num_cpus=0
+    )

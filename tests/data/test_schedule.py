@@ -75,6 +75,15 @@ def test_the_stream_delivers_the_scheduled_rows_and_resumes_exactly(demo_prepare
     assert np.array_equal(resumed, whole[start_step * demo_spec.global_sequences :])
 
 
+def test_ranks_stream_their_slices_of_every_global_batch(demo_prepared, demo_spec):
+    whole = _collect(task_stream(demo_spec, demo_prepared, 4, start_step=14))
+    b = demo_spec.global_sequences // 2
+    halves = [_collect(task_stream(demo_spec, demo_prepared, 4, start_step=14, rank=r, world_size=2)) for r in (0, 1)]
+    for step in range(2):
+        assert np.array_equal(whole[step * 2 * b : step * 2 * b + b], halves[0][step * b : (step + 1) * b])
+        assert np.array_equal(whole[step * 2 * b + b : (step + 1) * 2 * b], halves[1][step * b : (step + 1) * b])
+
+
 @pytest.fixture(scope="module")
 def stationary(demo_spec):
     weights = {lang: 1.0 for lang in demo_spec.data.languages} | {"en": 3.0, "ja": 0.5}

@@ -1,0 +1,120 @@
+"""Checkpoints: model, optimizer, position in the schedule and RNG state, written atomically.
+
+    <run_dir>/checkpoints/step-000001234/{model.pt, optimizer.pt, state.json}
+    <run_dir>/probe_points/task-00007/{model.pt, state.json}
+
+A checkpoint directory is written under a temporary name and renamed when complete, so the newest
+directory is always whole. Regular checkpoints keep the newest K; probe-point checkpoints stay
+until whoever asked for them calls `release`. Loading checks the model's shape against the run's
+and names the file on any problem; nothing is ever deleted on a failed load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from plasticity_ray.model.gpt import GPTConfig
+from plasticity_ray.storage import write_json_atomic
+
+FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training resumes: task `task`, step `step` within it (the next one to run)."""
+
+    task: int
+    step: int
+
+
+def _write_dir(final: Path, model_state: dict, optimizer_state: dict | None, state: dict) -> Path:
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(model_state, tmp / "model.pt")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    write_json_atomic(tmp / "state.json", {"format": FORMAT, **state})
+    shutil.rmtree(final, ignore_errors=True)  # a leftover of a run that crashed after this point
+    os.replace(tmp, final)
+    return final
+
+
+def save(run_dir: Path, global_step: int, model_state: dict, optimizer_state: dict, state: dict, keep: int) -> Path:
+    root = run_dir / "checkpoints"
+    path = _write_dir(root / f"step-{global_step:09d}", model_state, optimizer_state, state)
+    for old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def save_probe_point(run_dir: Path, task: int, model_state: dict, state: dict) -> Path:
+    return _write_dir(run_dir / "probe_points" / f"task-{task:05d}", model_state, None, state)
+
+
+def release(path: Path) -> None:
+    """The probe-point checkpoint at `path` is no longer needed."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.exists() else []
+
+
+def model_signature(cfg: GPTConfig) -> dict:
+    return asdict(cfg)
+
+
+def read_state(path: Path) -> dict:
+    state_file = path / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{state_file}: missing (not a checkpoint directory?)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{state_file}: unreadable ({err})") from None
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{state_file}: format {state.get('format')!r}, this version reads {FORMAT}")
+    return state
+
+
+def _torch_load(file: Path, device: torch.device):
+    try:
+        return torch.load(file, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors... for a damaged file
+        raise CheckpointError(f"{file}: unreadable, truncated or corrupted ({type(err).__name__}: {err})") from None
+
+
+def load(path: Path, model: torch.nn.Module, cfg: GPTConfig, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Load a checkpoint into `model` (and `optimizer`); returns its state.json."""
+    state = read_state(path)
+    expected = model_signature(cfg)
+    if state.get("model") != expected:
+        raise CheckpointError(
+            f"{path / 'state.json'}: checkpoint of model {state.get('model')}, but this run's model is {expected}"
+        )
+    device = next(model.parameters()).device
+    weights = _torch_load(path / "model.pt", device)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path / 'model.pt'}: does not fit the model ({err})") from None
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(_torch_load(path / "optimizer.pt", device))
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"{path / 'optimizer.pt'}: does not fit the optimizer ({err})") from None
+    return state

@@ -1,0 +1,73 @@
+"""The trainer's extension points: every step, every task end, and probe points.
+
+Step and task-end hooks run on every rank (a mitigation that changes weights must do the same
+thing everywhere); probe-point hooks run on rank 0 after the probe-point checkpoint is written and
+get its *path*, never a live model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from plasticity_ray.data.schedule import Task
+from plasticity_ray.spec import ExperimentSpec
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    task: Task
+    step: int  # 0-based step within the task that just finished
+    global_step: int
+
+
+@dataclass(frozen=True)
+class TaskEnd:
+    model: torch.nn.Module
+    task: Task
+    global_step: int  # steps done so far in the run
+
+
+@dataclass(frozen=True)
+class ProbePoint:
+    run_dir: str
+    checkpoint: str  # path of the probe-point checkpoint; release it when done
+    size: str
+    lr: float
+    seed: int
+    cycle: int
+    task_index: int
+    language: str | None  # the language trained just before (None: stationary mixture)
+    global_step: int
+    tokens_seen: int
+
+
+@dataclass
+class Hooks:
+    step_end: list[Callable[[StepEnd], None]] = field(default_factory=list)
+    task_end: list[Callable[[TaskEnd], None]] = field(default_factory=list)
+    probe_point: list[Callable[[ProbePoint], None]] = field(default_factory=list)
+
+
+def is_probe_point(spec: ExperimentSpec, task: Task) -> bool:
+    """End of every `probe.every_cycles`-th cycle, and (continual) after each of `probe.after_languages`."""
+    if not spec.probe.enabled:
+        return False
+    end_of_cycle = task.position == len(spec.data.languages) - 1 and (task.cycle + 1) % spec.probe.every_cycles == 0
+    return end_of_cycle or (task.language is not None and task.language in spec.probe.after_languages)
+
+
+def record_probe_point(point: ProbePoint) -> None:
+    """Default probe-point hook: list the point in the run's probe_points.jsonl."""
+    with open(Path(point.run_dir) / "probe_points.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(asdict(point)) + "\n")
+
+
+def default_hooks(spec: ExperimentSpec) -> Hooks:
+    return Hooks(probe_point=[record_probe_point])

@@ -1,0 +1,146 @@
+"""Launching one training run on the current Ray: prepare data, start a TorchTrainer, show progress.
+
+A run lives in ``<storage>/<experiment>/<run id>/``; the id names the size, learning rate and seed
+plus a hash of everything else that changes what is trained, so re-running the same command finds
+the same directory and continues from its newest checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from plasticity_ray.data.prepare import prepare
+from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.storage import storage_dir, write_json_atomic
+from plasticity_ray.train.checkpoint import checkpoints, read_state
+from plasticity_ray.train.loop import COMPLETE_FILE, train_worker
+from plasticity_ray.train.metrics import read_rows
+
+# Fields that do not change what is trained: a run keeps its id (and resumes) when only these change.
+_NOT_IN_RUN_ID = {"name", "storage_path", "resources", "train", "sweep", "debug", "diagnostics", "probe"}
+
+
+def run_id(spec: ExperimentSpec) -> str:
+    identity = spec.model_dump(mode="json", exclude=_NOT_IN_RUN_ID)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{spec.model.size}_lr{spec.lr:.3g}_seed{spec.seed}_{digest}"
+
+
+def experiment_dir(spec: ExperimentSpec) -> Path:
+    return storage_dir(spec.storage_path).resolve() / spec.name
+
+
+def run_dir(spec: ExperimentSpec) -> Path:
+    return experiment_dir(spec) / run_id(spec)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    complete: bool
+    last: dict | None  # the last metrics row
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress_line(spec: ExperimentSpec, row: dict, started: float, first_tokens: int) -> str:
+    total_tokens = spec.tasks * spec.steps_per_task * spec.batch.global_tokens
+    rate = (row["tokens_seen"] - first_tokens) / max(1e-9, time.time() - started)
+    eta = _format_eta((total_tokens - row["tokens_seen"]) / rate) if rate > 0 else "?"
+    return (
+        f"cycle {row['cycle'] + 1}/{spec.schedule.cycles} task {row['task'] + 1}/{spec.tasks} {row['language']:>7} "
+        f"step {row['step']}/{spec.steps_per_task}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+        f"{row['tokens_per_s']:,.0f} tok/s  ETA {eta}"
+    )
+
+
+class _ProgressTail(threading.Thread):
+    """Prints each new metrics row of the run as one progress line (reads storage, not the workers)."""
+
+    def __init__(self, spec: ExperimentSpec, path: Path, say: Callable[[str], None], interval: float = 2.0):
+        super().__init__(daemon=True)
+        self.spec, self.path, self.say, self.interval = spec, path, say, interval
+        self.stop = threading.Event()
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.started, self.first_tokens = time.time(), None
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.poll()
+        self.poll()
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self.offset)
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                self.offset += len(line.encode())
+                row = json.loads(line)
+                if self.first_tokens is None:
+                    self.first_tokens, self.started = row["tokens_seen"], row["time"]
+                    continue
+                self.say(progress_line(self.spec, row, self.started, self.first_tokens))
+
+
+def build_trainer(spec: ExperimentSpec, directory: Path) -> TorchTrainer:
+    resources = spec.resources
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(directory)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=directory.name, storage_path=str(directory.parent),
+            failure_config=ray.train.FailureConfig(max_failures=spec.train.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress comes from our own rows
+        ),
+    )
+
+
+def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print) -> RunSummary:
+    """Train one run of `spec` to the end (or continue it); data is prepared first if needed."""
+    directory = run_dir(spec)
+    metrics = directory / "metrics.jsonl"
+    if (directory / COMPLETE_FILE).exists():
+        say(f"{directory}: already complete")
+        rows = [r for r in read_rows(metrics) if "loss" in r]
+        return RunSummary(directory, True, rows[-1] if rows else None)
+    prepare(spec, say=say)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(directory / "spec.json", spec.model_dump(mode="json"))
+    say(
+        f"training {spec.model.size} (lr {spec.lr:.3g}, seed {spec.seed}) on {spec.resources.workers} worker(s): "
+        f"{spec.tasks} tasks × {spec.steps_per_task} steps → {directory}"
+    )
+    saved = checkpoints(directory)
+    if saved:
+        position = read_state(saved[-1])["position"]
+        say(f"resuming from {saved[-1].name} (task {position['task'] + 1}, step {position['step']})")
+    tail = _ProgressTail(spec, metrics, say)
+    tail.start()
+    try:
+        build_trainer(spec, directory).fit()
+    finally:
+        tail.stop.set()
+        tail.join()
+    rows = [r for r in read_rows(metrics) if "loss" in r]
+    return RunSummary(directory, (directory / COMPLETE_FILE).exists(), rows[-1] if rows else None)

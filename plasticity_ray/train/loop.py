@@ -1,0 +1,238 @@
+"""The Ray Train worker loop: a plain PyTorch loop over the task schedule.
+
+Ray appears only at the edges: the worker's rank and device come from `ray.train`, the data from
+the per-task Ray Data stream, and `ray.train.report` passes metrics up at a steady cadence on every
+rank. Checkpoints are written by rank 0 into the run directory; a restarted worker group (or a
+re-run of the same command) resumes from the newest one at the exact (task, step).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train.v2._internal.execution import context as ray_train_context
+
+from plasticity_ray.data.prepare import load_prepared
+from plasticity_ray.data.schedule import Task, task_info, task_stream
+from plasticity_ray.data.tokenizers import get_tokenizer
+from plasticity_ray.model.gpt import GPT, GPTConfig
+from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.storage import write_json_atomic
+from plasticity_ray.train import checkpoint
+from plasticity_ray.train.hooks import Hooks, ProbePoint, StepEnd, TaskEnd, default_hooks, is_probe_point
+from plasticity_ray.train.metrics import RunLog
+from plasticity_ray.train.recipe import autocast, lr_at, make_optimizer, train_step
+
+CPU_MICRO_BATCH_TOKENS = 2**16
+COMPLETE_FILE = "complete.json"
+
+
+def model_config(spec: ExperimentSpec) -> GPTConfig:
+    tokenizer = get_tokenizer(spec.data.tokenizer)
+    return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len)
+
+
+def auto_micro_batch(model: GPT, rows: int, seq_len: int, device: torch.device, precision) -> int:
+    """The largest divisor of `rows` that fits: by a token budget on CPU, by trying on GPU."""
+    divisors = [d for d in range(rows, 0, -1) if rows % d == 0]
+    if device.type != "cuda":
+        return next(d for d in divisors if d * seq_len <= CPU_MICRO_BATCH_TOKENS or d == 1)
+    for d in divisors:
+        try:
+            probe = torch.zeros(d, seq_len + 1, dtype=torch.long, device=device)
+            with precision():
+                model(probe[:, :-1], targets=probe[:, 1:]).backward()
+            return d
+        except torch.OutOfMemoryError:
+            continue
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    raise RuntimeError(f"not even one sequence of {seq_len} tokens fits on {device}")
+
+
+class _Prefetch:
+    """Batches of one task's stream pulled by a background thread into a short queue, so the next
+    task's stream starts (Ray Data start-up, first reads) while the current task trains."""
+
+    _END = object()
+
+    def __init__(self, dataset, batch_size: int, depth: int = 4):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._pull, args=(dataset, batch_size), daemon=True)
+        self._thread.start()
+
+    def _pull(self, dataset, batch_size: int) -> None:
+        try:
+            for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+                self._queue.put(batch["ids"])
+            self._queue.put(self._END)
+        except BaseException as err:  # handed to the training thread, which raises it
+            self._queue.put(err)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class Trainer:
+    def __init__(self, spec: ExperimentSpec, run_dir: Path, rank: int, world_size: int, device: torch.device,
+                 hooks: Hooks):
+        self.spec, self.run_dir, self.rank, self.world_size, self.device = spec, run_dir, rank, world_size, device
+        self.hooks = hooks
+        self.prepared = load_prepared(spec, list(spec.data.languages))
+        self.cfg = model_config(spec)
+        torch.manual_seed(spec.seed)  # the same initial weights on every rank and every restart
+        self.model = GPT(self.cfg).to(device)
+        self.precision = lambda: autocast(device, spec.train.precision)
+        self.optimizer = make_optimizer(self.model, spec, device)
+        self.position = checkpoint.Position(0, 0)
+        latest = checkpoint.checkpoints(run_dir)
+        if latest:
+            state = checkpoint.load(latest[-1], self.model, self.cfg, self.optimizer)
+            self.position = checkpoint.Position(**state["position"])
+            torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
+        self.share = spec.global_sequences // world_size
+        self.micro_batch = (
+            auto_micro_batch(self.model, self.share, spec.data.seq_len, device, self.precision)
+            if spec.batch.micro_batch == "auto" else min(spec.batch.micro_batch, self.share)
+        )
+        self.train_model: torch.nn.Module = self.model
+        if world_size > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if spec.train.compile is True or (spec.train.compile == "auto" and device.type == "cuda"):
+            self.train_model = torch.compile(self.train_model)
+        self.log = RunLog(run_dir) if rank == 0 else None
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        spec = self.spec
+        upcoming = self._stream(self.position.task, self.position.step)
+        for index in range(self.position.task, spec.tasks):
+            task = task_info(spec, index)
+            start = self.position.step if index == self.position.task else 0
+            if start == 0 and spec.schedule.reset_optimizer_per_task:
+                self.optimizer = make_optimizer(self.model, spec, self.device)
+            batches, upcoming = upcoming, (self._stream(index + 1, 0) if index + 1 < spec.tasks else None)
+            self._run_task(task, start, batches)
+            self._end_task(task)
+        if self.rank == 0:
+            write_json_atomic(self.run_dir / COMPLETE_FILE, {"tasks": spec.tasks, "time": time.time()})
+            self.log.close()
+
+    def _stream(self, index: int, start: int) -> _Prefetch:
+        stream = task_stream(self.spec, self.prepared, index, start, self.rank, self.world_size)
+        return _Prefetch(stream, self.share)
+
+    def _run_task(self, task: Task, start: int, batches: _Prefetch) -> None:
+        spec = self.spec
+        steps = spec.steps_per_task
+        interval_loss = torch.zeros((), device=self.device)
+        interval_steps, digest, started = 0, 0, time.perf_counter()
+        for step, ids in zip(range(start, steps), batches):
+            rows = torch.from_numpy(ids.astype(np.int64)).to(self.device, non_blocking=True)
+            lr = lr_at(step, spec.lr, spec.warmup_steps)
+            loss, grad_norm = train_step(self.train_model, self.optimizer, list(rows.split(self.micro_batch)), lr,
+                                         spec.optimizer.grad_clip, self.precision)
+            global_step = task.index * steps + step
+            interval_loss += loss
+            interval_steps += 1
+            # A digest of exactly which tokens each step saw, to compare runs (e.g. across a resume).
+            digest = (digest * 1_000_003 + zlib.crc32(ids.tobytes())) % (2**31 - 1)
+            self._maybe_fail(global_step)
+            for hook in self.hooks.step_end:
+                hook(StepEnd(self.model, self.optimizer, task, step, global_step))
+            done = step + 1
+            if done % spec.train.log_every == 0 or done == steps:
+                self._report(task, done, global_step, lr, interval_loss, interval_steps, grad_norm, digest, started)
+                interval_loss.zero_()
+                interval_steps, digest, started = 0, 0, time.perf_counter()
+            if (global_step + 1) % spec.train.checkpoint_every == 0 and done < steps:
+                self._checkpoint(global_step + 1, checkpoint.Position(task.index, done))
+
+    def _report(self, task: Task, done: int, global_step: int, lr: float, loss_sum: torch.Tensor, n: int,
+                grad_norm: torch.Tensor, digest: int, started: float) -> None:
+        totals = torch.stack([loss_sum.float(), torch.tensor(float(n), device=self.device)])
+        digests = torch.tensor([digest], dtype=torch.int64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+            dist.all_reduce(digests)
+        seconds = time.perf_counter() - started
+        tokens = n * self.spec.batch.global_tokens
+        row = {
+            "task": task.index, "cycle": task.cycle, "language": task.language or "mixture", "step": done,
+            "global_step": global_step + 1, "loss": totals[0].item() / totals[1].item(), "lr": lr,
+            "grad_norm": grad_norm.item(), "tokens_per_s": tokens / seconds,
+            "tokens_seen": (global_step + 1) * self.spec.batch.global_tokens,
+            "batch_digest": int(digests.item()), "time": time.time(),
+        }
+        if self.log:
+            self.log.write(row, step=global_step + 1)
+        ray.train.report({k: v for k, v in row.items() if k != "language"})
+
+    def _end_task(self, task: Task) -> None:
+        global_step = (task.index + 1) * self.spec.steps_per_task
+        self._checkpoint(global_step, checkpoint.Position(task.index + 1, 0))
+        for hook in self.hooks.task_end:
+            hook(TaskEnd(self.model, task, global_step))
+        if self.rank == 0 and is_probe_point(self.spec, task):
+            path = checkpoint.save_probe_point(self.run_dir, task.index, self.model.state_dict(),
+                                               self._state(checkpoint.Position(task.index + 1, 0)))
+            point = ProbePoint(
+                run_dir=str(self.run_dir), checkpoint=str(path), size=self.spec.model.size, lr=self.spec.lr,
+                seed=self.spec.seed, cycle=task.cycle, task_index=task.index, language=task.language,
+                global_step=global_step, tokens_seen=global_step * self.spec.batch.global_tokens,
+            )
+            for hook in self.hooks.probe_point:
+                hook(point)
+
+    # -- checkpoints and failures -------------------------------------------------------------
+
+    def _state(self, position: checkpoint.Position) -> dict:
+        return {"model": checkpoint.model_signature(self.cfg), "position": vars(position),
+                "size": self.spec.model.size, "lr": self.spec.lr, "seed": self.spec.seed,
+                "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+
+    def _checkpoint(self, global_step: int, position: checkpoint.Position) -> None:
+        if self.rank == 0:
+            checkpoint.save(self.run_dir, global_step, self.model.state_dict(), self.optimizer.state_dict(),
+                            self._state(position), keep=self.spec.train.keep_checkpoints)
+
+    def _maybe_fail(self, global_step: int) -> None:
+        """debug.fail_at_step: the last rank crashes once at that step, to exercise restarts."""
+        if self.spec.debug.fail_at_step != global_step or self.rank != self.world_size - 1:
+            return
+        marker = self.run_dir / f".debug_failed_at_{global_step}"
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"debug.fail_at_step: worker {self.rank} crashes at step {global_step} as asked")
+
+
+def train_worker(config: dict) -> None:
+    """Entry point of each Ray Train worker."""
+    # One stream and several reports per task would flood the driver's log with INFO lines.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)  # Ray names this logger by path
+    spec = ExperimentSpec.model_validate(config["spec"])
+    context = ray.train.get_context()
+    trainer = Trainer(spec, Path(config["run_dir"]), context.get_world_rank(), context.get_world_size(),
+                      ray.train.torch.get_device(), default_hooks(spec))
+    trainer.run()

@@ -1,0 +1,85 @@
+"""The paper's training recipe as plain PyTorch, shared by the trainer and the probes.
+
+AdamW (§IV-B: β = (0.9, 0.95), weight decay 0.1) with weight decay on the weight matrices and the
+embeddings (every parameter of two or more dimensions) and none on biases and LayerNorm gains;
+a linear warm-up over the first 5% of a task's steps, then a constant rate; a fresh optimizer and
+a restarted warm-up at every task. One step = gradient accumulation over micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+
+from plasticity_ray.spec import ExperimentSpec
+
+
+def make_optimizer(model: nn.Module, spec: ExperimentSpec, device: torch.device) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.optimizer.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=spec.lr, betas=spec.optimizer.betas, eps=spec.optimizer.eps, fused=device.type == "cuda"
+    )
+
+
+def lr_at(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to `peak` over `warmup_steps` (step 0 runs at peak/warmup_steps), then constant."""
+    if warmup_steps <= 0:
+        return peak
+    return peak * min(1.0, (step + 1) / warmup_steps)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on GPU unless fp32 is asked for; fp32 on CPU unless bf16 is asked for."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[torch.Tensor],
+    lr: float,
+    grad_clip: float | None,
+    precision_context=contextlib.nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over rows of token ids (inputs = row[:-1], targets = row[1:]), split
+    into micro-batches. Returns the mean loss and the gradient norm before clipping (detached).
+    Under DDP, gradients are synchronised on the last micro-batch only."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    n = len(micro_batches)
+    total = torch.zeros((), device=micro_batches[0].device)
+    for i, rows in enumerate(micro_batches):
+        sync = i == n - 1 or not hasattr(model, "no_sync")
+        with (contextlib.nullcontext() if sync else model.no_sync()), precision_context():
+            loss = model(rows[:, :-1], targets=rows[:, 1:]) / n
+        loss.backward()
+        total += loss.detach()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, grad_norm.detach()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, rows: torch.Tensor, micro_batch: int, precision_context=contextlib.nullcontext) -> float:
+    """Mean next-token loss over rows of token ids."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for chunk in rows.split(micro_batch):
+        with precision_context():
+            total += model(chunk[:, :-1], targets=chunk[:, 1:]).item() * len(chunk)
+        count += len(chunk)
+    model.train(was_training)
+    return total / count

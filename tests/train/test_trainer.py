@@ -1,0 +1,154 @@
+"""The trainer on a real local Ray with two CPU workers (DDP over gloo).
+
+The runs are shared: each fixture trains once and several tests read what it wrote.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from plasticity_ray.data.schedule import task_info
+from plasticity_ray.spec import with_overrides
+from plasticity_ray.train import checkpoint
+from plasticity_ray.train.launch import run_dir, run_training
+from plasticity_ray.train.loop import COMPLETE_FILE
+from plasticity_ray.train.metrics import read_rows
+
+pytestmark = pytest.mark.slow
+
+QUIET = {"say": lambda line: None}
+
+
+def _tiny(spec, storage, **overrides):
+    """The demo's data (already prepared) with a tiny model and short tasks: 8 tasks of 8 steps."""
+    base = {
+        "storage_path": str(storage), "model.size": "L1-d64", "schedule.cycles": 1,
+        "schedule.tokens_per_task": 16384, "schedule.warmup_fraction": 0.25, "batch.global_tokens": 2048,
+        "resources.workers": 2, "train.log_every": 2, "train.checkpoint_every": 4, "train.keep_checkpoints": 100,
+    }
+    return with_overrides(spec, {**base, **overrides})
+
+
+def _final_weights(spec):
+    last = checkpoint.checkpoints(run_dir(spec))[-1]
+    return torch.load(last / "model.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def continual(demo_prepared, demo_spec, tmp_path_factory):
+    spec = _tiny(demo_spec, tmp_path_factory.mktemp("continual"))
+    return spec, run_training(spec, **QUIET)
+
+
+@pytest.fixture(scope="module")
+def crashed(demo_prepared, demo_spec, tmp_path_factory):
+    # Step 21 is mid-task 2 (steps 16..23), after the checkpoint at step 20.
+    spec = _tiny(demo_spec, tmp_path_factory.mktemp("crashed"), **{"debug.fail_at_step": 21})
+    return spec, run_training(spec, **QUIET)
+
+
+def _metrics(spec):
+    return [r for r in read_rows(run_dir(spec) / "metrics.jsonl")]
+
+
+def test_the_run_completes_and_loss_falls(continual):
+    spec, summary = continual
+    assert summary.complete and (summary.run_dir / COMPLETE_FILE).exists()
+    rows = _metrics(spec)
+    assert len(rows) == spec.tasks * spec.steps_per_task // spec.train.log_every
+    first_task = [r["loss"] for r in rows if r["task"] == 0]
+    last_task = [r["loss"] for r in rows if r["task"] == spec.tasks - 1]
+    assert first_task[0] > 5.0  # about ln(320) at initialisation
+    assert min(r["loss"] for r in rows[-8:]) < first_task[0] - 1.0
+    assert summary.last["tokens_seen"] == spec.tasks * spec.steps_per_task * spec.batch.global_tokens
+    assert last_task
+
+
+def test_languages_are_visited_in_the_spec_order(continual):
+    spec, _ = continual
+    rows = _metrics(spec)
+    visited = [r["language"] for r in rows if r["step"] == spec.steps_per_task]
+    assert visited == list(spec.data.languages)
+
+
+def test_warmup_restarts_at_every_task(continual):
+    spec, _ = continual
+    assert spec.warmup_steps == 2
+    for r in _metrics(spec):
+        # rows at step 2 report the LR of the task's second step: the end of its warm-up
+        expected = spec.lr * min(1.0, r["step"] / spec.warmup_steps)
+        assert r["lr"] == pytest.approx(expected)
+
+
+def test_the_optimizer_is_reset_at_every_task(continual):
+    spec, _ = continual
+    ends = {int(p.name.split("-")[1]): p for p in checkpoint.checkpoints(run_dir(spec))}
+    for task in range(spec.tasks):
+        state = torch.load(ends[(task + 1) * spec.steps_per_task] / "optimizer.pt", weights_only=True)
+        adam_steps = {int(s["step"].item()) for s in state["state"].values()}
+        assert adam_steps == {spec.steps_per_task}  # not (task + 1) * steps: a fresh AdamW per task
+
+
+def test_probe_points_are_recorded_with_their_checkpoint(continual):
+    spec, summary = continual
+    lines = (summary.run_dir / "probe_points.jsonl").read_text().splitlines()
+    points = [json.loads(line) for line in lines]
+    assert [p["task_index"] for p in points] == [spec.tasks - 1]  # the end of the only cycle
+    assert points[0]["language"] == "ru" and points[0]["cycle"] == 0
+    assert checkpoint.read_state(__import__("pathlib").Path(points[0]["checkpoint"]))["position"]["task"] == spec.tasks
+
+
+def test_a_worker_crash_restarts_and_resumes_exactly(continual, crashed):
+    spec, summary = crashed
+    assert summary.complete
+    assert (summary.run_dir / ".debug_failed_at_21").exists()  # the crash did happen
+    reference, resumed = _final_weights(continual[0]), _final_weights(spec)
+    for name in reference:
+        assert torch.equal(reference[name], resumed[name]), name  # bitwise
+    digests = lambda s: [(r["task"], r["step"], r["batch_digest"]) for r in _metrics(s)]
+    assert digests(spec) == digests(continual[0])  # the same rows, step by step
+
+
+def test_stationary_mode_trains_on_the_mixture(demo_prepared, demo_spec, tmp_path):
+    spec = _tiny(demo_spec, tmp_path, **{"schedule.mode": "stationary", "resources.workers": 1,
+                                         "schedule.tokens_per_task": 8192})
+    summary = run_training(spec, **QUIET)
+    assert summary.complete
+    rows = _metrics(spec)
+    assert {r["language"] for r in rows} == {"mixture"}
+    assert task_info(spec, 3).language is None
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
+
+
+def test_killing_the_driver_then_rerunning_continues_from_the_last_checkpoint(ray_session, demo_prepared,
+                                                                                demo_spec, tmp_path, continual):
+    import yaml
+
+    spec = _tiny(demo_spec, tmp_path, **{"train.checkpoint_every": 2})
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "plasticity_ray.cli", "train", str(spec_file)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint.checkpoints(run_dir(spec))) < 10:
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    saved = checkpoint.checkpoints(run_dir(spec))
+    assert saved and not (run_dir(spec) / COMPLETE_FILE).exists()
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming from step-" in second.stdout
+    resumed_at = int(second.stdout.split("resuming from step-")[1].split()[0])
+    assert resumed_at >= int(saved[-1].name.split("-")[1]) > 0
+    reference = _final_weights(continual[0])
+    finished = _final_weights(spec)
+    assert all(torch.equal(reference[k], finished[k]) for k in reference)
