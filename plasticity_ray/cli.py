@@ -123,6 +123,7 @@ def _train(args) -> int:
     from plasticity_ray.runtime import init_ray
     from plasticity_ray.train.checkpoint import CheckpointError
     from plasticity_ray.train.launch import run_training
+    from ray.train import TrainingFailedError
 
     spec = _load(args.spec)
     overrides = {
@@ -142,6 +143,9 @@ def _train(args) -> int:
     except (DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingFailedError as err:
+        print(f"error: training failed after {spec.train.max_failures} restart(s): {err}", file=sys.stderr)
+        return 1
     if not summary.complete:
         print(f"error: the run stopped before the end; its checkpoints are in {summary.run_dir}", file=sys.stderr)
         return 1
@@ -162,6 +166,11 @@ def _bench(args, argv: list[str]) -> int:
         from plasticity_ray.bench.data import bench_data
 
         record = bench_data(argv, steps=args.steps, pool_rows=args.pool_rows)
+    else:
+        from plasticity_ray.bench.train import bench_train
+
+        record = bench_train(argv, args.sizes.split(","), args.seq_len, args.batch_tokens, args.tokenizer,
+                             args.steps, args.warmup)
     print(json.dumps(record, indent=2))
     if args.out:
         write_json_atomic(Path(args.out), record)
@@ -205,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_data.add_argument("--steps", type=int, default=256, help="steps of 256 × 2,049 ids streamed per mode")
     bench_data.add_argument("--pool-rows", type=int, default=8192, help="rows per synthetic language pool")
     bench_data.add_argument("--out", help="also write the record to this JSON file")
+    bench_train = bench_commands.add_parser("train", help="training tokens/s, memory and MFU, bare and in Ray Train")
+    bench_train.add_argument("--sizes", default="5M,106M,314M", help="comma-separated sizes")
+    bench_train.add_argument("--seq-len", type=int, default=2048)
+    bench_train.add_argument("--batch-tokens", type=int, default=524_288, help="tokens per optimizer step")
+    bench_train.add_argument("--tokenizer", default="qwen3", choices=["qwen3", "byte"], help="sets the vocabulary")
+    bench_train.add_argument("--steps", type=int, default=20, help="timed steps")
+    bench_train.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    bench_train.add_argument("--out", help="also write the record to this JSON file")
     return parser
 
 

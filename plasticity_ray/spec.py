@@ -186,7 +186,10 @@ class ResourcesSpec(_Section):
 
 
 class TrainSpec(_Section):
-    log_every: PositiveInt = 10  # steps between metric rows (and ray.train.report calls)
+    log_every: PositiveInt = 10  # steps between metric rows in storage
+    # Steps between ray.train.report calls (every rank; Ray Train consumes about one report per 2 s,
+    # and a worker blocks until its previous report is taken, so reporting often slows short steps).
+    report_every: PositiveInt = 200
     checkpoint_every: PositiveInt = 500  # steps; a checkpoint is also written at every task end
     keep_checkpoints: PositiveInt = 2  # the newest K; probe-point checkpoints live until released
     max_failures: Annotated[int, Ge(0)] = 3  # worker-group restarts from the last checkpoint

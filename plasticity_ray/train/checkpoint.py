@@ -89,13 +89,27 @@ def read_state(path: Path) -> dict:
     return state
 
 
-def _torch_load(file: Path, device: torch.device):
+def _torch_load(file: Path, device: torch.device | str, mmap: bool = False):
     try:
-        return torch.load(file, map_location=device, weights_only=True)
+        return torch.load(file, map_location=device, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors... for a damaged file
         raise CheckpointError(f"{file}: unreadable, truncated or corrupted ({type(err).__name__}: {err})") from None
+
+
+def check(path: Path, cfg: GPTConfig) -> dict:
+    """Cheap driver-side check that a checkpoint fits `cfg` and its files are whole (memory-mapped,
+    nothing read in full), so a bad one stops the run before any worker starts."""
+    state = read_state(path)
+    if state.get("model") != model_signature(cfg):
+        raise CheckpointError(
+            f"{path / 'state.json'}: checkpoint of model {state.get('model')}, but this run's model is "
+            f"{model_signature(cfg)}"
+        )
+    for name in ("model.pt", "optimizer.pt"):
+        _torch_load(path / name, "cpu", mmap=True)
+    return state
 
 
 def load(path: Path, model: torch.nn.Module, cfg: GPTConfig, optimizer: torch.optim.Optimizer | None = None) -> dict:

@@ -19,10 +19,10 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from plasticity_ray.data.prepare import prepare
-from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.spec import ExperimentSpec, with_overrides
 from plasticity_ray.storage import storage_dir, write_json_atomic
-from plasticity_ray.train.checkpoint import checkpoints, read_state
-from plasticity_ray.train.loop import COMPLETE_FILE, train_worker
+from plasticity_ray.train.checkpoint import check, checkpoints
+from plasticity_ray.train.loop import COMPLETE_FILE, model_config, train_worker
 from plasticity_ray.train.metrics import read_rows
 
 # Fields that do not change what is trained: a run keeps its id (and resumes) when only these change.
@@ -118,12 +118,16 @@ def build_trainer(spec: ExperimentSpec, directory: Path) -> TorchTrainer:
 
 def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print) -> RunSummary:
     """Train one run of `spec` to the end (or continue it); data is prepared first if needed."""
+    # Workers run in their own working directory: hand them an absolute storage path.
+    spec = with_overrides(spec, {"storage_path": str(storage_dir(spec.storage_path).resolve())})
     directory = run_dir(spec)
     metrics = directory / "metrics.jsonl"
     if (directory / COMPLETE_FILE).exists():
         say(f"{directory}: already complete")
         rows = [r for r in read_rows(metrics) if "loss" in r]
         return RunSummary(directory, True, rows[-1] if rows else None)
+    saved = checkpoints(directory)  # checked first: a bad checkpoint stops us before any work
+    position = check(saved[-1], model_config(spec))["position"] if saved else None
     prepare(spec, say=say)
     directory.mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / "spec.json", spec.model_dump(mode="json"))
@@ -131,9 +135,7 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print) -> Ru
         f"training {spec.model.size} (lr {spec.lr:.3g}, seed {spec.seed}) on {spec.resources.workers} worker(s): "
         f"{spec.tasks} tasks × {spec.steps_per_task} steps → {directory}"
     )
-    saved = checkpoints(directory)
-    if saved:
-        position = read_state(saved[-1])["position"]
+    if position is not None:
         say(f"resuming from {saved[-1].name} (task {position['task'] + 1}, step {position['step']})")
     tail = _ProgressTail(spec, metrics, say)
     tail.start()

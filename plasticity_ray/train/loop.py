@@ -120,6 +120,7 @@ class Trainer:
         if spec.train.compile is True or (spec.train.compile == "auto" and device.type == "cuda"):
             self.train_model = torch.compile(self.train_model)
         self.log = RunLog(run_dir) if rank == 0 else None
+        self.last_row: dict = {}
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -162,14 +163,18 @@ class Trainer:
                 hook(StepEnd(self.model, self.optimizer, task, step, global_step))
             done = step + 1
             if done % spec.train.log_every == 0 or done == steps:
-                self._report(task, done, global_step, lr, interval_loss, interval_steps, grad_norm, digest, started)
+                self.last_row = self._log_row(task, done, global_step, lr, interval_loss, interval_steps, grad_norm, digest,
+                                    started)
                 interval_loss.zero_()
                 interval_steps, digest, started = 0, 0, time.perf_counter()
+            if (global_step + 1) % spec.train.report_every == 0 or global_step + 1 == spec.tasks * steps:
+                ray.train.report({k: v for k, v in self.last_row.items() if k != "language"})
             if (global_step + 1) % spec.train.checkpoint_every == 0 and done < steps:
                 self._checkpoint(global_step + 1, checkpoint.Position(task.index, done))
 
-    def _report(self, task: Task, done: int, global_step: int, lr: float, loss_sum: torch.Tensor, n: int,
-                grad_norm: torch.Tensor, digest: int, started: float) -> None:
+    def _log_row(self, task: Task, done: int, global_step: int, lr: float, loss_sum: torch.Tensor, n: int,
+                 grad_norm: torch.Tensor, digest: int, started: float) -> dict:
+        """The metrics of the steps since the last row, averaged over ranks (every rank gets it)."""
         totals = torch.stack([loss_sum.float(), torch.tensor(float(n), device=self.device)])
         digests = torch.tensor([digest], dtype=torch.int64, device=self.device)
         if self.world_size > 1:
@@ -186,7 +191,7 @@ class Trainer:
         }
         if self.log:
             self.log.write(row, step=global_step + 1)
-        ray.train.report({k: v for k, v in row.items() if k != "language"})
+        return row
 
     def _end_task(self, task: Task) -> None:
         global_step = (task.index + 1) * self.spec.steps_per_task
@@ -230,6 +235,7 @@ def train_worker(config: dict) -> None:
     """Entry point of each Ray Train worker."""
     # One stream and several reports per task would flood the driver's log with INFO lines.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # bars are off on purpose
     logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)  # Ray names this logger by path
     spec = ExperimentSpec.model_validate(config["spec"])
     context = ray.train.get_context()

@@ -152,3 +152,34 @@ def test_killing_the_driver_then_rerunning_continues_from_the_last_checkpoint(ra
     reference = _final_weights(continual[0])
     finished = _final_weights(spec)
     assert all(torch.equal(reference[k], finished[k]) for k in reference)
+
+
+def _copy_run(spec, storage):
+    import shutil
+
+    other = with_overrides(spec, {"storage_path": str(storage)})
+    shutil.copytree(run_dir(spec), run_dir(other))
+    (run_dir(other) / COMPLETE_FILE).unlink()
+    return other
+
+
+def test_a_truncated_checkpoint_stops_the_run_naming_the_file(continual, tmp_path):
+    spec = _copy_run(continual[0], tmp_path)
+    latest = checkpoint.checkpoints(run_dir(spec))[-1] / "model.pt"
+    latest.write_bytes(latest.read_bytes()[:100])
+    before = sorted(p.name for p in run_dir(spec).rglob("*"))
+    with pytest.raises(checkpoint.CheckpointError, match=f"{latest}: unreadable, truncated or corrupted"):
+        run_training(spec, **QUIET)
+    assert sorted(p.name for p in run_dir(spec).rglob("*")) == before  # nothing deleted
+
+
+def test_a_checkpoint_of_another_size_stops_the_run_naming_the_file(continual, tmp_path):
+    import shutil
+
+    spec = _copy_run(continual[0], tmp_path)
+    bigger = with_overrides(spec, {"model.size": "L2-d128"})
+    latest = checkpoint.checkpoints(run_dir(spec))[-1]
+    shutil.copytree(latest, run_dir(bigger) / "checkpoints" / latest.name)
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{run_dir(bigger)}/checkpoints/.*/state.json: checkpoint of model"):
+        run_training(bigger, **QUIET)
+    assert (run_dir(bigger) / "checkpoints" / latest.name / "model.pt").exists()
