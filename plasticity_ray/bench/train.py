@@ -19,7 +19,7 @@ import torch
 
 from plasticity_ray.model.gpt import GPT
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.train.loop import auto_micro_batch, model_config
+from plasticity_ray.train.loop import auto_micro_batch, compile_blocks, model_config
 from plasticity_ray.train.recipe import autocast, make_optimizer, train_step
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -50,19 +50,20 @@ def measure(spec_json: dict, steps: int, warmup: int, threads: int) -> dict:
     precision = lambda: autocast(device, spec.train.precision)  # noqa: E731
     rows = spec.global_sequences
     micro = auto_micro_batch(model, rows, spec.data.seq_len, device, precision)
-    train_model = torch.compile(model) if device.type == "cuda" else model
+    if device.type == "cuda":
+        compile_blocks(model)
     optimizer = make_optimizer(model, spec, device)
     batch = torch.randint(0, cfg.vocab_size - 1, (rows, spec.data.seq_len + 1), device=device)
     micro_batches = list(batch.split(micro))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
-        train_step(train_model, optimizer, micro_batches, spec.lr, None, precision)
+        train_step(model, optimizer, micro_batches, spec.lr, None, precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(steps):
-        loss, _ = train_step(train_model, optimizer, micro_batches, spec.lr, None, precision)
+        loss, _ = train_step(model, optimizer, micro_batches, spec.lr, None, precision)
     loss.item()  # waits for the device
     seconds = time.perf_counter() - started
     tokens_per_s = steps * rows * spec.data.seq_len / seconds

@@ -114,3 +114,20 @@ def test_a_truncated_checkpoint_is_refused_by_name_and_kept(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=rf"{weights}: unreadable, truncated or corrupted"):
         checkpoint.load(path, _model(), CFG)
     assert weights.exists() and checkpoint.checkpoints(tmp_path) == [path]
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones():
+    from plasticity_ray.train.loop import compile_blocks
+
+    compiled, eager = _model(), _model()
+    compile_blocks(compiled)
+    rows = _rows(4)
+    losses = []
+    for model in (compiled, eager):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses.append(train_step(model, opt, [rows], lr=0.1, grad_clip=None)[0].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints keep plain names
+    for a, b in zip(compiled.parameters(), eager.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)

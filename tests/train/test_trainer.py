@@ -116,7 +116,7 @@ def test_a_worker_crash_restarts_and_resumes_exactly(continual, crashed):
 
 
 def test_stationary_mode_trains_on_the_mixture(demo_prepared, demo_spec, tmp_path):
-    spec = _tiny(demo_spec, tmp_path, **{"schedule.mode": "stationary", "resources.workers": 1,
+    spec = _tiny(demo_spec, tmp_path, **{"schedule.mode": "stationary",
                                          "schedule.tokens_per_task": 8192})
     summary = run_training(spec, **QUIET)
     assert summary.complete
