@@ -157,6 +157,76 @@ def _train(args) -> int:
     return 0
 
 
+def _checkpoint_spec(args) -> tuple[ExperimentSpec, "Path | None"]:
+    """The spec, with the size, LR and seed the checkpoint was trained with."""
+    from pathlib import Path
+
+    from plasticity_ray.train.checkpoint import read_state
+
+    spec = _load(args.spec)
+    if args.checkpoint is None:
+        return spec, None
+    path = Path(args.checkpoint)
+    state = read_state(path)
+    return with_overrides(spec, {"model.size": state["size"], "optimizer.lr": state["lr"], "seed": state["seed"]},
+                          source=str(path)), path
+
+
+def _probe_or_diagnose(args) -> int:
+    from plasticity_ray.data.prepare import load_prepared
+    from plasticity_ray.data.shards import DataError
+    from plasticity_ray.train.checkpoint import CheckpointError
+
+    try:
+        if args.command == "probe" and args.checkpoint is None and not args.baseline:
+            raise SystemExit("probe: give a CHECKPOINT, or --baseline to probe a freshly initialised model")
+        spec, path = _checkpoint_spec(args)
+        prepared = load_prepared(spec)
+        if args.command == "probe":
+            from plasticity_ray.probe.probe import run_probe
+
+            result = run_probe(spec, prepared, path, probe_index=args.index)
+        else:
+            result = _diagnose(spec, prepared, path, args.previous)
+    except (DataError, CheckpointError, SpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.command == "probe":
+        print(f"AUC {result['auc']:.4f} over {result['steps']} probe steps ({result['eval_sequences']} validation rows)")
+        for point in result["curve"]:
+            print(f"  step {point['step']:>6}  val loss {point['val_loss']:.4f}")
+    else:
+        for name, value in result.items():
+            summary = {k: v for k, v in value.items() if not isinstance(v, (list, dict))} if isinstance(value, dict) else value
+            print(f"{name}: {summary}")
+    return 0
+
+
+def _diagnose(spec: ExperimentSpec, prepared, path, previous_path) -> dict:
+    from pathlib import Path
+
+    import torch
+
+    from plasticity_ray.diagnostics.run import diagnose
+    from plasticity_ray.model.gpt import GPT
+    from plasticity_ray.train import checkpoint
+    from plasticity_ray.train.loop import model_config
+
+    if path is None:
+        raise SystemExit("diagnose: give a CHECKPOINT")
+    cfg = model_config(spec)
+    model = GPT(cfg)
+    checkpoint.load(path, model, cfg)
+    previous = None
+    if previous_path:
+        previous_model = GPT(cfg)
+        checkpoint.load(Path(previous_path), previous_model, cfg)
+        previous = previous_model.state_dict()
+    return diagnose(spec, prepared, model, previous)
+
+
 def _bench(args, argv: list[str]) -> int:
     from pathlib import Path
 
@@ -208,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
     train.add_argument("--storage", help="storage path for data, checkpoints and results")
 
+    probe = commands.add_parser("probe", help="probe one checkpoint here: train a copy on the probe language, print its AUC")
+    probe.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="a checkpoint directory")
+    probe.add_argument("--spec", required=True, help="the experiment spec the checkpoint belongs to")
+    probe.add_argument("--baseline", action="store_true", help="probe a freshly initialised model instead")
+    probe.add_argument("--index", type=int, default=0, help="probe number (picks the data when not same_data_order)")
+    probe.add_argument("--json", action="store_true")
+    diagnose = commands.add_parser("diagnose", help="the spec's diagnostics of one checkpoint")
+    diagnose.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint directory")
+    diagnose.add_argument("--spec", required=True, help="the experiment spec the checkpoint belongs to")
+    diagnose.add_argument("--previous", help="checkpoint of the previous probe point (for weight_distance)")
+    diagnose.add_argument("--json", action="store_true")
+
     bench = commands.add_parser("bench", help="benchmarks; results are JSON records with device, date and command")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     bench_data = bench_commands.add_parser("data", help="tokenization, preparation and training-stream throughput")
@@ -236,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         return _data(args)
     if args.command == "train":
         return _train(args)
+    if args.command in ("probe", "diagnose"):
+        return _probe_or_diagnose(args)
     if args.command == "bench":
         return _bench(args, argv)
     raise AssertionError(f"unhandled command {args.command}")

@@ -240,6 +240,11 @@ class ExperimentSpec(_Section):
             problems.append(
                 f"diagnostics.entropy_first_query: {self.diagnostics.entropy_first_query} must be below data.seq_len {seq_len}"
             )
+        if self.diagnostics.entropy_language not in (*self.data.languages, self.data.probe_language):
+            problems.append(
+                f"diagnostics.entropy_language: {self.diagnostics.entropy_language!r} is neither a training language "
+                "nor the probe language, so it has no prepared validation set"
+            )
         stray = [lang for lang in self.probe.after_languages if lang not in self.data.languages]
         if stray:
             problems.append(f"probe.after_languages: {', '.join(stray)} not in data.languages")

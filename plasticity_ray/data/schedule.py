@@ -158,14 +158,9 @@ def _read_rows(batch: dict, units: dict[str, Unit]) -> dict:
     for code in np.unique(codes):
         unit = units[ALL_LANGUAGES[code]]
         mask = codes == code
-        wanted = rows[mask]
-        groups = np.unique(wanted // ROW_GROUP_ROWS)
-        block = unit.read_row_groups(groups.tolist())
-        # Row r sits at (index of its group among `groups`) * ROW_GROUP_ROWS + r % ROW_GROUP_ROWS.
-        at = np.searchsorted(groups, wanted // ROW_GROUP_ROWS) * ROW_GROUP_ROWS + wanted % ROW_GROUP_ROWS
         if out is None:
             out = np.empty((len(codes), unit.row_len), dtype=np.int32)
-        out[mask] = block[at]
+        out[mask] = unit.take(rows[mask])
     return {"ids": out}
 
 

@@ -160,5 +160,12 @@ class Unit:
             parts.append(table.column("ids").combine_chunks().flatten().to_numpy().reshape(-1, self.row_len))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given global rows, in the given order, reading each row group they touch once."""
+        groups = np.unique(rows // ROW_GROUP_ROWS)
+        block = self.read_row_groups(groups.tolist())
+        # Row r sits at (index of its group among `groups`) · ROW_GROUP_ROWS + r mod ROW_GROUP_ROWS.
+        return block[np.searchsorted(groups, rows // ROW_GROUP_ROWS) * ROW_GROUP_ROWS + rows % ROW_GROUP_ROWS]
+
     def read_all(self) -> np.ndarray:
         return self.read_row_groups(list(range(self.row_groups)))

@@ -1,0 +1,50 @@
+"""All the diagnostics a spec enables, on one model, from the fixed validation sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from plasticity_ray.data.prepare import Prepared
+from plasticity_ray.diagnostics.attention import attention_entropy
+from plasticity_ray.diagnostics.dormant import activation_dormancy, gradient_dormancy
+from plasticity_ray.diagnostics.weights import average_magnitude, model_ranks, relative_distance
+from plasticity_ray.model.gpt import GPT
+from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.train.recipe import autocast
+
+
+def _validation(prepared: Prepared, language: str, count: int, device: torch.device) -> torch.Tensor:
+    unit = prepared.unit(language, "validation")
+    return torch.from_numpy(unit.take(np.arange(min(count, unit.rows))).astype(np.int64)).to(device)
+
+
+def diagnose(spec: ExperimentSpec, prepared: Prepared, model: GPT, previous: dict | None = None) -> dict:
+    """One entry per enabled diagnostic; `previous` is the state dict of the previous probe point
+    (weight_distance is None without one)."""
+    d = spec.diagnostics
+    device = next(model.parameters()).device
+    precision = lambda: autocast(device, spec.train.precision)  # noqa: E731
+    model.eval()
+    out: dict = {}
+    if "weight_magnitude" in d.enabled:
+        out["weight_magnitude"] = average_magnitude(model)
+    if "weight_distance" in d.enabled:
+        out["weight_distance"] = relative_distance(model, previous) if previous is not None else None
+    if "matrix_rank" in d.enabled:
+        ranks = model_ranks(model)
+        out["matrix_rank"] = {
+            "mean_stable_rank": float(np.mean([r["stable_rank"] for r in ranks.values()])),
+            "mean_effective_rank": float(np.mean([r["effective_rank"] for r in ranks.values()])),
+            "per_matrix": ranks,
+        }
+    if {"dormant_units", "grama"} & set(d.enabled):
+        rows = _validation(prepared, spec.data.probe_language, d.dormant_sequences, device)
+        if "dormant_units" in d.enabled:
+            out["dormant_units"] = activation_dormancy(model, rows, d.dormant_threshold, precision=precision)
+        if "grama" in d.enabled:
+            out["grama"] = gradient_dormancy(model, rows, d.dormant_threshold, precision=precision)
+    if "attention_entropy" in d.enabled:
+        rows = _validation(prepared, d.entropy_language, d.entropy_sequences, device)
+        out["attention_entropy"] = attention_entropy(model, rows, d.entropy_first_query, precision=precision)
+    return out

@@ -1,0 +1,92 @@
+"""One probe (§III, §IV-A): a copy of the model trained on the probe language with the same recipe
+as a task — fresh AdamW, the same LR and warm-up, the same batch — for `probe.tokens`, evaluated on
+a fixed validation set at step 0 and every `probe.eval_every` steps. Nothing is written back.
+
+AUC = trapezoidal area under validation loss vs. probe step, divided by the step span, so it is in
+loss units (Table III's ~3.0). A probe of a freshly initialised model is the "probe language alone"
+baseline of Appendix B.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plasticity_ray.data.prepare import Prepared
+from plasticity_ray.data.schedule import LanguageStream
+from plasticity_ray.data.shards import Unit
+from plasticity_ray.model.gpt import GPT
+from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.train import checkpoint
+from plasticity_ray.train.loop import auto_micro_batch, compile_blocks, model_config
+from plasticity_ray.train.recipe import autocast, evaluate, lr_at, make_optimizer, train_step
+
+READ_BLOCK_ROWS = 4096  # probe rows read at a time (a few shuffle windows)
+
+
+def area_under_curve(steps: list[int], losses: list[float]) -> float:
+    """Trapezoidal area under loss vs. step, divided by the span of steps."""
+    if len(steps) < 2 or steps[-1] == steps[0]:
+        raise ValueError("an AUC needs at least two evaluations at different steps")
+    area = sum((b - a) * (la + lb) / 2 for a, b, la, lb in zip(steps, steps[1:], losses, losses[1:]))
+    return area / (steps[-1] - steps[0])
+
+
+def probe_train_rows(spec: ExperimentSpec, prepared: Prepared, probe_index: int) -> np.ndarray:
+    """Rows of the probe language's train pool for probe number `probe_index` (seeded; the same
+    rows for every probe when `probe.same_data_order`, else the next ones of the stream)."""
+    unit = prepared.unit(spec.data.probe_language, "train")
+    count = spec.probe_steps * spec.global_sequences
+    start = 0 if spec.probe.same_data_order else probe_index * count
+    return LanguageStream(unit.rows, spec.seed, spec.data.probe_language).rows(start, start + count)
+
+
+def probe_eval_rows(spec: ExperimentSpec, prepared: Prepared) -> np.ndarray:
+    """The fixed validation set: the first `probe.eval_sequences` rows of the validation pool."""
+    unit = prepared.unit(spec.data.probe_language, "validation")
+    return unit.take(np.arange(min(spec.probe.eval_sequences, unit.rows)))
+
+
+def _batches(unit: Unit, rows: np.ndarray, batch: int):
+    block = max(batch, READ_BLOCK_ROWS // batch * batch)
+    for start in range(0, len(rows), block):
+        ids = unit.take(rows[start : start + block])
+        yield from (ids[i : i + batch] for i in range(0, len(ids), batch))
+
+
+def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | None, probe_index: int = 0,
+              device: torch.device | None = None) -> dict:
+    """Probe the model at `checkpoint_path` (None: a freshly initialised model, the baseline)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = model_config(spec)
+    torch.manual_seed(spec.seed)
+    model = GPT(cfg).to(device)
+    if checkpoint_path is not None:
+        checkpoint.load(Path(checkpoint_path), model, cfg)
+    precision = lambda: autocast(device, spec.train.precision)  # noqa: E731
+    micro = auto_micro_batch(model, spec.global_sequences, spec.data.seq_len, device, precision)
+    if spec.train.compile is True or (spec.train.compile == "auto" and device.type == "cuda"):
+        compile_blocks(model)
+    optimizer = make_optimizer(model, spec, device)
+    steps, every = spec.probe_steps, spec.probe.eval_every
+    warmup = math.ceil(spec.schedule.warmup_fraction * steps)
+    validation = torch.from_numpy(probe_eval_rows(spec, prepared).astype(np.int64)).to(device)
+    unit = prepared.unit(spec.data.probe_language, "train")
+    curve = [(0, evaluate(model, validation, micro, precision))]
+    model.train()
+    batches = _batches(unit, probe_train_rows(spec, prepared, probe_index), spec.global_sequences)
+    for step, ids in zip(range(steps), batches):
+        rows = torch.from_numpy(ids.astype(np.int64)).to(device)
+        train_step(model, optimizer, list(rows.split(micro)), lr_at(step, spec.lr, warmup),
+                   spec.optimizer.grad_clip, precision)
+        if (step + 1) % every == 0 or step + 1 == steps:
+            curve.append((step + 1, evaluate(model, validation, micro, precision)))
+    return {
+        "auc": area_under_curve([s for s, _ in curve], [v for _, v in curve]),
+        "curve": [{"step": s, "val_loss": v} for s, v in curve],
+        "steps": steps, "eval_sequences": len(validation), "probe_index": probe_index,
+        "final_val_loss": curve[-1][1], "checkpoint": str(checkpoint_path) if checkpoint_path else None,
+    }
