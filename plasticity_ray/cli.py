@@ -122,8 +122,10 @@ def _train(args) -> int:
     from plasticity_ray.data.shards import DataError
     from plasticity_ray.runtime import init_ray
     from plasticity_ray.train.checkpoint import CheckpointError
-    from plasticity_ray.train.launch import run_training
     from ray.train import TrainingFailedError
+
+    from plasticity_ray.probe.service import close_service
+    from plasticity_ray.train.launch import run_training
 
     spec = _load(args.spec)
     overrides = {
@@ -140,6 +142,7 @@ def _train(args) -> int:
     init_ray()
     try:
         summary = run_training(spec)
+        close_service(spec)
     except (DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

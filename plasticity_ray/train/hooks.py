@@ -63,11 +63,30 @@ def is_probe_point(spec: ExperimentSpec, task: Task) -> bool:
     return end_of_cycle or (task.language is not None and task.language in spec.probe.after_languages)
 
 
+def probe_ordinal(spec: ExperimentSpec, task_index: int) -> int:
+    """How many probe points come before task `task_index`'s (the same on every restart)."""
+    from plasticity_ray.data.schedule import task_info
+
+    return sum(is_probe_point(spec, task_info(spec, i)) for i in range(task_index))
+
+
 def record_probe_point(point: ProbePoint) -> None:
-    """Default probe-point hook: list the point in the run's probe_points.jsonl."""
+    """List the point in the run's probe_points.jsonl."""
     with open(Path(point.run_dir) / "probe_points.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(asdict(point)) + "\n")
 
 
+def submit_to_probe_service(spec: ExperimentSpec) -> Callable[[ProbePoint], None]:
+    """Hand the point to the experiment's probe service and go on training (fire and forget)."""
+    from plasticity_ray.probe.service import get_service, point_request
+
+    spec_json = spec.model_dump(mode="json")
+
+    def submit(point: ProbePoint) -> None:
+        get_service(spec).submit.remote(spec_json, point_request(point, probe_ordinal(spec, point.task_index)))
+
+    return submit
+
+
 def default_hooks(spec: ExperimentSpec) -> Hooks:
-    return Hooks(probe_point=[record_probe_point])
+    return Hooks(probe_point=[record_probe_point, submit_to_probe_service(spec)])

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
 from plasticity_ray.data.prepare import prepare
+from plasticity_ray.probe.service import baseline_request, get_service
 from plasticity_ray.spec import ExperimentSpec, with_overrides
 from plasticity_ray.storage import storage_dir, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
@@ -137,6 +139,9 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print) -> Ru
     )
     if position is not None:
         say(f"resuming from {saved[-1].name} (task {position['task'] + 1}, step {position['step']})")
+    service = get_service(spec) if spec.probe.enabled else None
+    if service is not None and spec.probe.baseline:
+        service.submit.remote(spec.model_dump(mode="json"), baseline_request(spec, directory))
     tail = _ProgressTail(spec, metrics, say)
     tail.start()
     try:
@@ -144,5 +149,10 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print) -> Ru
     finally:
         tail.stop.set()
         tail.join()
+    if service is not None:
+        pending = ray.get(service.status.remote())["pending"]
+        if pending:
+            say(f"training done; waiting for {pending} probe/diagnostics job(s) still running")
+        ray.get(service.wait.remote())
     rows = [r for r in read_rows(metrics) if "loss" in r]
     return RunSummary(directory, (directory / COMPLETE_FILE).exists(), rows[-1] if rows else None)

@@ -1,0 +1,243 @@
+"""The probe service: a named, detached Ray actor per experiment that runs probes and diagnostics of
+probe-point checkpoints as Ray tasks with their own resources, never blocking training.
+
+Requests carry *paths* (the run directory and the probe-point checkpoint), never live objects, so
+the service keeps working when the driver that trained is gone; it exits on its own once it has
+been told to close (or has been idle for `IDLE_EXIT_S`) and has nothing left to do. Every job writes
+its result row atomically into the run directory; a job whose row already exists is skipped, so
+submitting again is safe. A job that fails (a missing or corrupted checkpoint, say) writes an error
+row naming the file, and the others go on. A probe-point checkpoint is released when the last job
+that reads it has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+
+from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.storage import write_json_atomic
+from plasticity_ray.train.hooks import ProbePoint
+
+NAMESPACE = "plasticity-ray"
+IDLE_EXIT_S = 1800.0
+BASELINE = "baseline"
+
+
+def service_name(spec: ExperimentSpec) -> str:
+    return f"probe-service:{spec.name}"
+
+
+def row_path(run_dir: Path, kind: str, key: str) -> Path:
+    """Where a job's row lives: <run_dir>/<probes|diagnostics>/<key>.json (errors: <key>.error.json)."""
+    return run_dir / kind / f"{key}.json"
+
+
+def point_key(task_index: int) -> str:
+    return f"task-{task_index:05d}"
+
+
+def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> dict:
+    """A probe or diagnostics job (runs as a Ray task). Writes its row, or an error row, and returns it."""
+    from plasticity_ray.data.prepare import load_prepared
+
+    spec = ExperimentSpec.model_validate(spec_json)
+    run_dir = Path(point["run_dir"])
+    key = BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
+    started = time.time()
+    try:
+        prepared = load_prepared(spec)
+        if kind == "probes":
+            from plasticity_ray.probe.probe import run_probe
+
+            result = run_probe(spec, prepared, point["checkpoint"], probe_index=point["probe_index"])
+        else:
+            result = _diagnostics(spec, prepared, point["checkpoint"], previous)
+    except Exception as err:  # a bad checkpoint or data: recorded, named, and the service goes on
+        row = {**point, "status": "failed", "error": f"{type(err).__name__}: {err}", "started": started,
+               "finished": time.time(), "traceback": traceback.format_exc()}
+        write_json_atomic(row_path(run_dir, kind, f"{key}.error"), row)
+        return row
+    row = {**point, **result, "status": "ok", "started": started, "finished": time.time()}
+    write_json_atomic(row_path(run_dir, kind, key), row)
+    _tensorboard(run_dir, kind, row)
+    return row
+
+
+def _diagnostics(spec: ExperimentSpec, prepared, checkpoint_path: str, previous: str | None) -> dict:
+    from plasticity_ray.diagnostics.run import diagnose
+    from plasticity_ray.model.gpt import GPT
+    from plasticity_ray.train import checkpoint
+    from plasticity_ray.train.loop import model_config
+
+    cfg = model_config(spec)
+    model = GPT(cfg)
+    checkpoint.load(Path(checkpoint_path), model, cfg)
+    before = None
+    if previous is not None:
+        previous_model = GPT(cfg)
+        checkpoint.load(Path(previous), previous_model, cfg)
+        before = previous_model.state_dict()
+    return diagnose(spec, prepared, model, before)
+
+
+def _tensorboard(run_dir: Path, kind: str, row: dict) -> None:
+    from tensorboardX import SummaryWriter
+
+    if row["checkpoint"] is None:
+        return  # the baseline is one number, in its row
+    scalars = {"auc": row.get("auc")} if kind == "probes" else {
+        "weight_magnitude": row.get("weight_magnitude"),
+        "dormant_percent": (row.get("dormant_units") or {}).get("percent"),
+        "lazy_heads_percent": (row.get("attention_entropy") or {}).get("lazy_percent"),
+        "collapsed_heads_percent": (row.get("attention_entropy") or {}).get("collapsed_percent"),
+    }
+    with SummaryWriter(str(run_dir / "tensorboard" / kind)) as writer:
+        for name, value in scalars.items():
+            if value is not None:
+                writer.add_scalar(f"{kind}/{name}", value, row["task_index"])
+
+
+@ray.remote(num_cpus=0)
+class ProbeService:
+    """One per experiment: `submit` queues the jobs of a probe point; at most
+    `max_concurrent` run at once, each as a Ray task with the spec's probe resources."""
+
+    def __init__(self, max_concurrent: int, cpus: float, gpus: float):
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.job = ray.remote(_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        self.references: dict[str, int] = {}  # probe-point checkpoint → jobs (and holds) still needing it
+        self.previous: dict[str, str] = {}  # run dir → the last probe point's checkpoint (for weight_distance)
+        self.pending: set[asyncio.Task] = set()
+        self.closing = False
+        self.last_activity = time.time()
+        self.done: list[dict] = []
+        self.watchdog: asyncio.Task | None = None
+
+    def _watch(self) -> None:
+        if self.watchdog is None:  # started from a method: the actor's event loop runs only then
+            self.watchdog = asyncio.get_event_loop().create_task(self._exit_when_idle())
+
+    def _hold(self, path: str | None) -> None:
+        if path is not None:
+            self.references[path] = self.references.get(path, 0) + 1
+
+    def _drop(self, path: str | None) -> None:
+        if path is None:
+            return
+        self.references[path] -= 1
+        if self.references[path] == 0:
+            from plasticity_ray.train.checkpoint import release
+
+            del self.references[path]
+            release(Path(path))
+
+    async def _run(self, kind: str, spec_json: dict, point: dict, previous: str | None) -> None:
+        try:
+            async with self.slots:
+                self.done.append(await self.job.remote(kind, spec_json, point, previous))
+        finally:
+            self._drop(point["checkpoint"])
+            self._drop(previous)
+            self.last_activity = time.time()
+
+    def _start(self, kind: str, spec_json: dict, point: dict, previous: str | None = None) -> bool:
+        run_dir = Path(point["run_dir"])
+        key = BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
+        if row_path(run_dir, kind, key).exists():
+            return False  # already measured: submitting again is safe
+        self._hold(point["checkpoint"])
+        self._hold(previous)
+        task = asyncio.get_event_loop().create_task(self._run(kind, spec_json, point, previous))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        return True
+
+    async def submit(self, spec_json: dict, point: dict) -> int:
+        """Queue the probe (and, unless `point` is the baseline, the diagnostics) of a probe point;
+        returns how many jobs were started (0 when every row already exists)."""
+        spec = ExperimentSpec.model_validate(spec_json)
+        self._watch()
+        self.last_activity = time.time()
+        self._hold(point["checkpoint"])  # held while the jobs are being queued
+        try:
+            started = self._start("probes", spec_json, point) if spec.probe.enabled else False
+            if point["checkpoint"] is not None and spec.diagnostics.enabled:
+                previous = None
+                if "weight_distance" in spec.diagnostics.enabled:
+                    previous = self.previous.get(point["run_dir"])
+                    self._hold(point["checkpoint"])  # kept for the next point's weight_distance
+                    self.previous[point["run_dir"]] = point["checkpoint"]
+                started += self._start("diagnostics", spec_json, point, previous)
+                if previous is not None:
+                    self._drop(previous)  # its hold for us passes to the job just started
+        finally:
+            self._drop(point["checkpoint"])
+        return int(started)
+
+    async def close(self) -> None:
+        """No more requests will come: release the held last checkpoints and exit when all jobs are done."""
+        self._watch()
+        self.closing = True
+        for path in list(self.previous.values()):
+            self._drop(path)
+        self.previous.clear()
+
+    async def wait(self) -> list[dict]:
+        """Block until every queued job has finished; returns the rows written so far."""
+        while self.pending:
+            await asyncio.gather(*list(self.pending), return_exceptions=True)
+        return self.done
+
+    async def status(self) -> dict:
+        return {"pending": len(self.pending), "done": len(self.done), "closing": self.closing,
+                "held_checkpoints": dict(self.references)}
+
+    async def _exit_when_idle(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            idle = time.time() - self.last_activity > IDLE_EXIT_S
+            if not self.pending and (self.closing or idle):
+                ray.actor.exit_actor()
+
+
+def get_service(spec: ExperimentSpec):
+    """The experiment's probe service, started (detached, named) if it is not running."""
+    return ProbeService.options(
+        name=service_name(spec), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        max_concurrency=1000,
+    ).remote(spec.resources.max_concurrent_probes, spec.resources.probe_cpus, spec.resources.probe_gpus)
+
+
+def close_service(spec: ExperimentSpec) -> None:
+    """Tell the experiment's service that no more requests come; it exits when its jobs are done."""
+    try:
+        service = ray.get_actor(service_name(spec), namespace=NAMESPACE)
+    except ValueError:
+        return  # not running
+    ray.get(service.close.remote())
+
+
+def point_request(point: ProbePoint, probe_index: int) -> dict:
+    return {**asdict(point), "probe_index": probe_index, "submitted": time.time()}
+
+
+def baseline_request(spec: ExperimentSpec, run_dir: Path) -> dict:
+    """The "probe language alone" probe: a freshly initialised model of the run's size and seed."""
+    return {"run_dir": str(run_dir), "checkpoint": None, "size": spec.model.size, "lr": spec.lr,
+            "seed": spec.seed, "cycle": None, "task_index": None, "language": None, "global_step": 0,
+            "tokens_seen": 0, "probe_index": 0, "submitted": time.time()}
+
+
+def read_rows(run_dir: Path, kind: str) -> list[dict]:
+    """Every row of one kind in a run directory (error rows included, marked status=failed)."""
+    folder = run_dir / kind
+    if not folder.exists():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
