@@ -240,7 +240,8 @@ class ExperimentSpec(_Section):
             problems.append(
                 f"diagnostics.entropy_first_query: {self.diagnostics.entropy_first_query} must be below data.seq_len {seq_len}"
             )
-        if self.diagnostics.entropy_language not in (*self.data.languages, self.data.probe_language):
+        measured = self.probe.enabled and "attention_entropy" in self.diagnostics.enabled
+        if measured and self.diagnostics.entropy_language not in (*self.data.languages, self.data.probe_language):
             problems.append(
                 f"diagnostics.entropy_language: {self.diagnostics.entropy_language!r} is neither a training language "
                 "nor the probe language, so it has no prepared validation set"

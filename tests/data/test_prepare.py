@@ -88,7 +88,8 @@ def test_prepare_again_skips_and_changes_nothing(demo_prepared, demo_spec):
 def test_changing_the_data_spec_writes_elsewhere(demo_spec):
     other = with_overrides(demo_spec, {"data.seq_len": 64})
     assert prepared_root(other) != prepared_root(demo_spec)
-    assert prepared_root(with_overrides(demo_spec, {"data.languages": ["en"]})) == prepared_root(demo_spec)
+    english_only = {"data.languages": ["en"], "diagnostics.entropy_language": "en"}
+    assert prepared_root(with_overrides(demo_spec, english_only)) == prepared_root(demo_spec)
 
 
 def test_qwen3_demo_prepares_all_nine_languages(ray_session, demo_spec):
@@ -107,7 +108,7 @@ def _small_spec(tmp_path, source: dict, **data) -> ExperimentSpec:
         data={"source": source, "tokenizer": "byte", "languages": ["en", "zh"], "seq_len": 16,
               "validation_fraction": 0.3, **data},
         batch={"global_tokens": 32}, schedule={"tokens_per_task": 64}, probe={"tokens": 32},
-        diagnostics={"entropy_first_query": 4},
+        diagnostics={"entropy_first_query": 4, "entropy_language": "en"},
     )
 
 

@@ -64,18 +64,21 @@ def test_training_goes_on_while_probes_run(probed_run):
     assert during and during[-1]["global_step"] > first["global_step"]  # later steps, logged meanwhile
 
 
-def test_released_checkpoints_and_a_closed_service(probed_run):
-    spec, summary = probed_run
-    assert not list((summary.run_dir / "probe_points").glob("task-*"))  # all released after use
+def _assert_service_exits(spec):
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
             ray.get_actor(service_name(spec), namespace=NAMESPACE)
             time.sleep(0.5)
         except ValueError:
-            break
-    else:
-        pytest.fail("the probe service did not exit after close")
+            return
+    pytest.fail("the probe service did not exit after close")
+
+
+def test_released_checkpoints_and_a_closed_service(probed_run):
+    spec, summary = probed_run
+    assert not list((summary.run_dir / "probe_points").glob("task-*"))  # all released after use
+    _assert_service_exits(spec)
 
 
 def _probe_point_checkpoint(spec, task):
@@ -134,3 +137,4 @@ def test_probes_outlive_a_killed_driver_and_a_bad_checkpoint_is_named(ray_sessio
     assert rows[23]["status"] == "failed" and f"{bad / 'model.pt'}: unreadable" in rows[23]["error"]
     assert rows[31] == {"status": "ok", "auc": 1.0, "task_index": 31}  # skipped, not overwritten
     close_service(spec)
+    _assert_service_exits(spec)

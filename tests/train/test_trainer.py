@@ -31,6 +31,7 @@ def _tiny(spec, storage, **overrides):
         "storage_path": str(storage), "model.size": "L1-d64", "schedule.cycles": 1,
         "schedule.tokens_per_task": 16384, "schedule.warmup_fraction": 0.25, "batch.global_tokens": 2048,
         "resources.workers": 2, "train.log_every": 2, "train.checkpoint_every": 4, "train.keep_checkpoints": 100,
+        "probe.tokens": 4096, "probe.eval_sequences": 8, "diagnostics.enabled": ["weight_magnitude"],
     }
     return with_overrides(spec, {**base, **overrides})
 
@@ -95,13 +96,14 @@ def test_the_optimizer_is_reset_at_every_task(continual):
         assert adam_steps == {spec.steps_per_task}  # not (task + 1) * steps: a fresh AdamW per task
 
 
-def test_probe_points_are_recorded_with_their_checkpoint(continual):
+def test_probe_points_are_recorded_and_handed_to_the_probe_service(continual):
     spec, summary = continual
     lines = (summary.run_dir / "probe_points.jsonl").read_text().splitlines()
     points = [json.loads(line) for line in lines]
     assert [p["task_index"] for p in points] == [spec.tasks - 1]  # the end of the only cycle
     assert points[0]["language"] == "ru" and points[0]["cycle"] == 0
-    assert checkpoint.read_state(__import__("pathlib").Path(points[0]["checkpoint"]))["position"]["task"] == spec.tasks
+    row = json.loads((summary.run_dir / "probes" / f"task-{spec.tasks - 1:05d}.json").read_text())
+    assert row["status"] == "ok" and row["checkpoint"] == points[0]["checkpoint"]
 
 
 def test_a_worker_crash_restarts_and_resumes_exactly(continual, crashed):
