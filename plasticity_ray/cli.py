@@ -157,7 +157,25 @@ def _train(args) -> int:
     if last:
         print(f"  final train loss {last['loss']:.4f} after {last['tokens_seen']:,} tokens")
     print(f"  metrics: {summary.run_dir / 'metrics.jsonl'}; TensorBoard: tensorboard --logdir {summary.run_dir}")
+    _print_probes(summary.run_dir, spec.data.probe_language)
     return 0
+
+
+def _print_probes(run_dir, language: str) -> None:
+    from plasticity_ray.probe.service import read_rows
+
+    rows = [r for r in read_rows(run_dir, "probes") if r.get("status") == "ok"]
+    if not rows:
+        return
+    print(f"  probes ({run_dir / 'probes'}): AUC of {language} validation loss, lower = learns faster")
+    baseline = [r for r in rows if r["checkpoint"] is None]
+    points = sorted((r for r in rows if r["checkpoint"] is not None), key=lambda r: r["task_index"])
+    if baseline:
+        print(f"    {'fresh model (baseline)':<28} {baseline[0]['auc']:.4f}")
+    for r in points:
+        change = 100 * (r["auc"] / points[0]["auc"] - 1)  # Eq. (1): % change vs the first probe
+        where = f"cycle {r['cycle'] + 1}, after {r['language'] or 'mixture'}"
+        print(f"    {where:<28} {r['auc']:.4f}  {change:+.2f}%")
 
 
 def _checkpoint_spec(args) -> tuple[ExperimentSpec, "Path | None"]:
