@@ -248,6 +248,34 @@ def _diagnose(spec: ExperimentSpec, prepared, path, previous_path) -> dict:
     return diagnose(spec, prepared, model, previous)
 
 
+def _results(args) -> int:
+    from pathlib import Path
+
+    from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, format_table, tables, to_csv, write_tables
+
+    experiment_dir = Path(args.experiment_dir)
+    if not experiment_dir.is_dir():
+        print(f"error: {experiment_dir}: not a directory", file=sys.stderr)
+        return 2
+    result = tables(experiment_dir)
+    if not result["trials"]:
+        print(f"error: {experiment_dir}: no runs here (a run directory holds spec.json)", file=sys.stderr)
+        return 2
+    written = write_tables(experiment_dir, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.csv:
+        print(to_csv(result["probes"], PROBE_COLUMNS) if args.probes else to_csv(result["trials"], TRIAL_COLUMNS), end="")
+    else:
+        print(format_table(result["trials"], TRIAL_COLUMNS))
+        if args.probes:
+            print()
+            print(format_table(result["probes"], PROBE_COLUMNS))
+        print(f"\ntables: {', '.join(map(str, written))}")
+        print(f"TensorBoard: tensorboard --logdir {experiment_dir}")
+    return 0
+
+
 def _bench(args, argv: list[str]) -> int:
     from pathlib import Path
 
@@ -311,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--previous", help="checkpoint of the previous probe point (for weight_distance)")
     diagnose.add_argument("--json", action="store_true")
 
+    results = commands.add_parser("results", help="trial and probe tables of an experiment directory (no Ray needed)")
+    results.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<experiment name>")
+    output = results.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help='print {"trials": [...], "probes": [...]}')
+    output.add_argument("--csv", action="store_true", help="print CSV (the trial table, or with --probes the probe table)")
+    results.add_argument("--probes", action="store_true", help="also show the per-probe table")
+
     bench = commands.add_parser("bench", help="benchmarks; results are JSON records with device, date and command")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     bench_data = bench_commands.add_parser("data", help="tokenization, preparation and training-stream throughput")
@@ -341,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command in ("probe", "diagnose"):
         return _probe_or_diagnose(args)
+    if args.command == "results":
+        return _results(args)
     if args.command == "bench":
         return _bench(args, argv)
     raise AssertionError(f"unhandled command {args.command}")

@@ -138,3 +138,15 @@ def test_probes_outlive_a_killed_driver_and_a_bad_checkpoint_is_named(ray_sessio
     assert rows[31] == {"status": "ok", "auc": 1.0, "task_index": 31}  # skipped, not overwritten
     close_service(spec)
     _assert_service_exits(spec)
+
+
+def test_the_results_table_of_a_real_run(probed_run, capsys):
+    from plasticity_ray.cli import main
+
+    spec, summary = probed_run
+    assert main(["results", str(summary.run_dir.parent), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [t["status"] for t in result["trials"]] == ["complete"]
+    assert result["trials"][0]["probes_done"] == 4
+    assert [p["task_index"] for p in result["probes"]] == [5, 7, 13, 15]
+    assert all(p["normalized_auc"] > 0 and p["dormant_percent"] is not None for p in result["probes"])

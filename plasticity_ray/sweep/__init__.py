@@ -1,0 +1,1 @@
+"""Sweeps over sizes, learning rates and seeds, and the result tables of an experiment."""

@@ -1,0 +1,107 @@
+"""Result tables of an experiment directory, read from what the runs wrote (no Ray needed).
+
+One *trial* is one run directory (`<experiment>/<run id>/`, holding spec.json). The trial table has
+one row per run; the probe table one row per probe point, with the diagnostics measured there and
+the AUC normalised by the run's baseline (Appendix B).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from plasticity_ray.probe.service import read_rows as read_job_rows
+from plasticity_ray.storage import write_bytes_atomic
+from plasticity_ray.train.loop import COMPLETE_FILE
+from plasticity_ray.train.metrics import read_rows as read_metric_rows
+
+TRIAL_COLUMNS = ["trial_id", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "probes_done",
+                 "latest_auc", "auc_change_percent"]
+PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "language", "auc", "normalized_auc",
+                 "auc_change_percent", "weight_magnitude", "dormant_percent", "lazy_heads_percent",
+                 "collapsed_heads_percent", "weight_distance"]
+
+
+def run_dirs(experiment_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in experiment_dir.glob("*/spec.json"))
+
+
+def _probe_rows(run_dir: Path, trial: dict) -> list[dict]:
+    probes = [r for r in read_job_rows(run_dir, "probes") if r.get("status") == "ok"]
+    baseline = next((r["auc"] for r in probes if r.get("checkpoint") is None), None)
+    diagnostics = {r["task_index"]: r for r in read_job_rows(run_dir, "diagnostics") if r.get("status") == "ok"}
+    points = sorted((r for r in probes if r.get("task_index") is not None), key=lambda r: r["task_index"])
+    rows = []
+    for r in points:
+        d = diagnostics.get(r["task_index"], {})
+        rows.append({
+            "trial_id": trial["trial_id"], "size": trial["size"], "lr": trial["lr"], "seed": trial["seed"],
+            "cycle": r.get("cycle"), "task_index": r["task_index"], "language": r.get("language"), "auc": r["auc"],
+            "normalized_auc": r["auc"] / baseline if baseline else None,
+            "auc_change_percent": 100 * (r["auc"] / points[0]["auc"] - 1),  # Eq. (1)
+            "weight_magnitude": d.get("weight_magnitude"),
+            "dormant_percent": (d.get("dormant_units") or {}).get("percent"),
+            "lazy_heads_percent": (d.get("attention_entropy") or {}).get("lazy_percent"),
+            "collapsed_heads_percent": (d.get("attention_entropy") or {}).get("collapsed_percent"),
+            "weight_distance": d.get("weight_distance"),
+        })
+    return rows
+
+
+def tables(experiment_dir: Path) -> dict[str, list[dict]]:
+    """{"trials": [...], "probes": [...]} for every run in the experiment directory."""
+    trials, probes = [], []
+    for run_dir in run_dirs(experiment_dir):
+        spec = json.loads((run_dir / "spec.json").read_text())
+        metrics = [r for r in read_metric_rows(run_dir / "metrics.jsonl") if "loss" in r]
+        lr = spec["optimizer"]["lr"]
+        trial = {
+            "trial_id": run_dir.name, "size": spec["model"]["size"], "lr": lr, "seed": spec["seed"],
+            "status": "complete" if (run_dir / COMPLETE_FILE).exists() else "incomplete",
+            "tokens_seen": metrics[-1]["tokens_seen"] if metrics else 0,
+            "last_train_loss": metrics[-1]["loss"] if metrics else None,
+        }
+        if lr == "paper":
+            from plasticity_ray.model.sizes import resolve_size
+
+            trial["lr"] = resolve_size(trial["size"]).paper_lr
+        points = _probe_rows(run_dir, trial)
+        trial.update({
+            "probes_done": len(points),
+            "latest_auc": points[-1]["auc"] if points else None,
+            "auc_change_percent": points[-1]["auc_change_percent"] if points else None,
+        })
+        trials.append(trial)
+        probes += points
+    return {"trials": trials, "probes": probes}
+
+
+def to_csv(rows: list[dict], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_tables(experiment_dir: Path, result: dict[str, list[dict]]) -> list[Path]:
+    """trials.csv and probes.csv next to the runs (atomically); returns their paths."""
+    paths = [experiment_dir / "trials.csv", experiment_dir / "probes.csv"]
+    write_bytes_atomic(paths[0], to_csv(result["trials"], TRIAL_COLUMNS).encode())
+    write_bytes_atomic(paths[1], to_csv(result["probes"], PROBE_COLUMNS).encode())
+    return paths
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "-" if value is None else str(value)
+
+    body = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
+    return "\n".join(lines)
