@@ -208,7 +208,11 @@ def _probe_or_diagnose(args) -> int:
 
             result = run_probe(spec, prepared, path, probe_index=args.index)
         else:
-            result = _diagnose(spec, prepared, path, args.previous)
+            from plasticity_ray.diagnostics.run import diagnose_checkpoint
+
+            if path is None:
+                raise SystemExit("diagnose: give a CHECKPOINT")
+            result = diagnose_checkpoint(spec, prepared, path, args.previous)
     except (DataError, CheckpointError, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -223,29 +227,6 @@ def _probe_or_diagnose(args) -> int:
             summary = {k: v for k, v in value.items() if not isinstance(v, (list, dict))} if isinstance(value, dict) else value
             print(f"{name}: {summary}")
     return 0
-
-
-def _diagnose(spec: ExperimentSpec, prepared, path, previous_path) -> dict:
-    from pathlib import Path
-
-    import torch
-
-    from plasticity_ray.diagnostics.run import diagnose
-    from plasticity_ray.model.gpt import GPT
-    from plasticity_ray.train import checkpoint
-    from plasticity_ray.train.loop import model_config
-
-    if path is None:
-        raise SystemExit("diagnose: give a CHECKPOINT")
-    cfg = model_config(spec)
-    model = GPT(cfg)
-    checkpoint.load(path, model, cfg)
-    previous = None
-    if previous_path:
-        previous_model = GPT(cfg)
-        checkpoint.load(Path(previous_path), previous_model, cfg)
-        previous = previous_model.state_dict()
-    return diagnose(spec, prepared, model, previous)
 
 
 def _results(args) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pathlib import Path
+
 from plasticity_ray.data.prepare import Prepared
 from plasticity_ray.diagnostics.attention import attention_entropy
 from plasticity_ray.diagnostics.dormant import activation_dormancy, gradient_dormancy
@@ -48,3 +50,19 @@ def diagnose(spec: ExperimentSpec, prepared: Prepared, model: GPT, previous: dic
         rows = _validation(prepared, d.entropy_language, d.entropy_sequences, device)
         out["attention_entropy"] = attention_entropy(model, rows, d.entropy_first_query, precision=precision)
     return out
+
+
+def diagnose_checkpoint(spec: ExperimentSpec, prepared: Prepared, path: Path, previous: Path | None = None) -> dict:
+    """`diagnose` on a checkpoint (and the previous probe point's, for weight_distance)."""
+    from plasticity_ray.train import checkpoint
+    from plasticity_ray.train.loop import model_config
+
+    cfg = model_config(spec)
+    model = GPT(cfg)
+    checkpoint.load(Path(path), model, cfg)
+    before = None
+    if previous is not None:
+        previous_model = GPT(cfg)
+        checkpoint.load(Path(previous), previous_model, cfg)
+        before = previous_model.state_dict()
+    return diagnose(spec, prepared, model, before)

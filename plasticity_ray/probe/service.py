@@ -58,7 +58,9 @@ def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> dict:
 
             result = run_probe(spec, prepared, point["checkpoint"], probe_index=point["probe_index"])
         else:
-            result = _diagnostics(spec, prepared, point["checkpoint"], previous)
+            from plasticity_ray.diagnostics.run import diagnose_checkpoint
+
+            result = diagnose_checkpoint(spec, prepared, point["checkpoint"], previous)
     except Exception as err:  # a bad checkpoint or data: recorded, named, and the service goes on
         row = {**point, "status": "failed", "error": f"{type(err).__name__}: {err}", "started": started,
                "finished": time.time(), "traceback": traceback.format_exc()}
@@ -68,23 +70,6 @@ def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> dict:
     write_json_atomic(row_path(run_dir, kind, key), row)
     _tensorboard(run_dir, kind, row)
     return row
-
-
-def _diagnostics(spec: ExperimentSpec, prepared, checkpoint_path: str, previous: str | None) -> dict:
-    from plasticity_ray.diagnostics.run import diagnose
-    from plasticity_ray.model.gpt import GPT
-    from plasticity_ray.train import checkpoint
-    from plasticity_ray.train.loop import model_config
-
-    cfg = model_config(spec)
-    model = GPT(cfg)
-    checkpoint.load(Path(checkpoint_path), model, cfg)
-    before = None
-    if previous is not None:
-        previous_model = GPT(cfg)
-        checkpoint.load(Path(previous), previous_model, cfg)
-        before = previous_model.state_dict()
-    return diagnose(spec, prepared, model, before)
 
 
 def _tensorboard(run_dir: Path, kind: str, row: dict) -> None:
