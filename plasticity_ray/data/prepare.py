@@ -29,7 +29,7 @@ import ray
 
 from plasticity_ray.data.shards import DataError, Packer, Unit, UnitWriter
 from plasticity_ray.data.sources import documents
-from plasticity_ray.data.tokenizers import get_tokenizer
+from plasticity_ray.data.tokenizers import get_tokenizer, tokenizer_class
 from plasticity_ray.spec import DataSpec, ExperimentSpec
 from plasticity_ray.storage import storage_dir, write_json_atomic
 
@@ -105,7 +105,7 @@ def _manifest_path(root: Path) -> Path:
 
 
 def _expected_header(spec: ExperimentSpec) -> dict:
-    tokenizer = get_tokenizer(spec.data.tokenizer)
+    tokenizer = tokenizer_class(spec.data.tokenizer)
     return {
         "format": FORMAT,
         "fingerprint": data_fingerprint(spec.data),

@@ -56,8 +56,13 @@ class Qwen3Tokenizer:
 TOKENIZERS = {"byte": ByteTokenizer, "qwen3": Qwen3Tokenizer}
 
 
-def get_tokenizer(name: str) -> ByteTokenizer | Qwen3Tokenizer:
+def tokenizer_class(name: str) -> type[ByteTokenizer] | type[Qwen3Tokenizer]:
+    """The class, for its name, separator id and vocabulary size without loading any BPE ranks."""
     try:
-        return TOKENIZERS[name]()
+        return TOKENIZERS[name]
     except KeyError:
         raise ValueError(f"unknown tokenizer {name!r}: use one of {', '.join(TOKENIZERS)}") from None
+
+
+def get_tokenizer(name: str) -> ByteTokenizer | Qwen3Tokenizer:
+    return tokenizer_class(name)()

@@ -25,7 +25,7 @@ from ray.train.v2._internal.execution import context as ray_train_context
 
 from plasticity_ray.data.prepare import load_prepared
 from plasticity_ray.data.schedule import Task, task_info, task_stream
-from plasticity_ray.data.tokenizers import get_tokenizer
+from plasticity_ray.data.tokenizers import tokenizer_class
 from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import write_json_atomic
@@ -39,7 +39,7 @@ COMPLETE_FILE = "complete.json"
 
 
 def model_config(spec: ExperimentSpec) -> GPTConfig:
-    tokenizer = get_tokenizer(spec.data.tokenizer)
+    tokenizer = tokenizer_class(spec.data.tokenizer)
     return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len)
 
 
