@@ -64,6 +64,7 @@ def _unique(items: list) -> list:
 
 Count = Annotated[int, BeforeValidator(parse_count), Gt(0)]
 PositiveInt = Annotated[int, Gt(0)]
+PositiveFloat = Annotated[float, Gt(0)]
 Fraction = Annotated[float, Ge(0), Lt(1)]
 SizeName = Annotated[str, AfterValidator(_check_size)]
 Diagnostic = Literal["weight_magnitude", "dormant_units", "attention_entropy", "matrix_rank", "grama", "weight_distance"]
@@ -195,15 +196,44 @@ class TrainSpec(_Section):
     max_failures: Annotated[int, Ge(0)] = 3  # worker-group restarts from the last checkpoint
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on GPU only
+    # Validation loss of the language being trained (stationary: mean over the languages), every
+    # `eval_every` steps on the first `eval_sequences` validation rows; 0 = off. Appendix A's LR
+    # grid scores a run by the mean of its last 10 such losses.
+    eval_every: Annotated[int, Ge(0)] = 0
+    eval_sequences: PositiveInt = 64
 
 
 class DebugSpec(_Section):
     fail_at_step: Annotated[int, Ge(0)] | None = None  # crash one worker once at this global step
+    fail_by: Literal["exception", "sigkill"] = "exception"  # sigkill: the worker process dies outright
+
+
+class OptunaSearchSpec(_Section):
+    """An Optuna (TPE) search over one numeric spec field, run separately at every grid point."""
+
+    parameter: str = "optimizer.lr"  # a dotted spec path
+    low: PositiveFloat
+    high: PositiveFloat
+    log: bool = True  # sample on a log scale (learning rates)
+    samples: PositiveInt = 8  # trials per grid point
+    metric: Literal["val_score", "last_train_loss"] = "val_score"  # minimised
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "OptunaSearchSpec":
+        if self.low >= self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        if not _is_spec_path(self.parameter):
+            raise ValueError(f"parameter: {self.parameter!r} is not a field of the spec")
+        return self
 
 
 class SweepSpec(_Section):
     # Dotted spec paths to the values each takes, e.g. {"model.size": ["5M", "12M"], "seed": [0, 1]}.
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    search: OptunaSearchSpec | None = None
+    # Trials at once; None: as many as the cluster's GPUs (or CPUs) hold next to the probes.
+    max_concurrent_trials: PositiveInt | None = None
+    max_failures: Annotated[int, Ge(0)] = 2  # retries of a failed trial (Tune), on top of train.max_failures
 
 
 class ExperimentSpec(_Section):
@@ -236,11 +266,12 @@ class ExperimentSpec(_Section):
         for name, budget in (("schedule.tokens_per_task", self.schedule.tokens_per_task), ("probe.tokens", self.probe.tokens)):
             if budget < self.batch.global_tokens:
                 problems.append(f"{name}: {budget} tokens is less than one batch ({self.batch.global_tokens} tokens)")
-        if self.diagnostics.entropy_first_query >= seq_len:
+        entropy_on = "attention_entropy" in self.diagnostics.enabled
+        if entropy_on and self.diagnostics.entropy_first_query >= seq_len:
             problems.append(
                 f"diagnostics.entropy_first_query: {self.diagnostics.entropy_first_query} must be below data.seq_len {seq_len}"
             )
-        measured = self.probe.enabled and "attention_entropy" in self.diagnostics.enabled
+        measured = self.probe.enabled and entropy_on
         if measured and self.diagnostics.entropy_language not in (*self.data.languages, self.data.probe_language):
             problems.append(
                 f"diagnostics.entropy_language: {self.diagnostics.entropy_language!r} is neither a training language "
@@ -255,6 +286,16 @@ class ExperimentSpec(_Section):
             stray = [lang for lang in self.schedule.mixture_weights if lang not in self.data.languages]
             if stray:
                 problems.append(f"schedule.mixture_weights: {', '.join(stray)} not in data.languages")
+        if self.train.eval_every % self.train.log_every:
+            problems.append(
+                f"train.eval_every: {self.train.eval_every} is not a multiple of train.log_every {self.train.log_every} "
+                "(validation losses go into the metric rows)"
+            )
+        search = self.sweep.search
+        if search is not None and search.parameter in self.sweep.grid:
+            problems.append(f"sweep.search.parameter: {search.parameter} is also in sweep.grid; search it or list it")
+        if search is not None and search.metric == "val_score" and not self.train.eval_every:
+            problems.append("sweep.search.metric: val_score needs train.eval_every > 0")
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -17,8 +17,8 @@ from plasticity_ray.storage import write_bytes_atomic
 from plasticity_ray.train.loop import COMPLETE_FILE
 from plasticity_ray.train.metrics import read_rows as read_metric_rows
 
-TRIAL_COLUMNS = ["trial_id", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "probes_done",
-                 "latest_auc", "auc_change_percent"]
+TRIAL_COLUMNS = ["trial_id", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "val_score",
+                 "probes_done", "latest_auc", "auc_change_percent"]
 PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "language", "auc", "normalized_auc",
                  "auc_change_percent", "weight_magnitude", "dormant_percent", "lazy_heads_percent",
                  "collapsed_heads_percent", "weight_distance"]
@@ -50,30 +50,41 @@ def _probe_rows(run_dir: Path, trial: dict) -> list[dict]:
     return rows
 
 
+VAL_SCORE_LAST = 10  # Table II: "averaging the last 10 validation-loss measurements"
+
+
+def trial(run_dir: Path) -> tuple[dict, list[dict]]:
+    """One run's trial row and its probe rows."""
+    spec = json.loads((run_dir / "spec.json").read_text())
+    metrics = [r for r in read_metric_rows(run_dir / "metrics.jsonl") if "loss" in r]
+    val_losses = [r["val_loss"] for r in metrics if "val_loss" in r]
+    lr = spec["optimizer"]["lr"]
+    if lr == "paper":
+        from plasticity_ray.model.sizes import resolve_size
+
+        lr = resolve_size(spec["model"]["size"]).paper_lr
+    row = {
+        "trial_id": run_dir.name, "size": spec["model"]["size"], "lr": lr, "seed": spec["seed"],
+        "status": "complete" if (run_dir / COMPLETE_FILE).exists() else "incomplete",
+        "tokens_seen": metrics[-1]["tokens_seen"] if metrics else 0,
+        "last_train_loss": metrics[-1]["loss"] if metrics else None,
+        "val_score": sum(val_losses[-VAL_SCORE_LAST:]) / len(val_losses[-VAL_SCORE_LAST:]) if val_losses else None,
+    }
+    points = _probe_rows(run_dir, row)
+    row.update({
+        "probes_done": len(points),
+        "latest_auc": points[-1]["auc"] if points else None,
+        "auc_change_percent": points[-1]["auc_change_percent"] if points else None,
+    })
+    return row, points
+
+
 def tables(experiment_dir: Path) -> dict[str, list[dict]]:
     """{"trials": [...], "probes": [...]} for every run in the experiment directory."""
     trials, probes = [], []
     for run_dir in run_dirs(experiment_dir):
-        spec = json.loads((run_dir / "spec.json").read_text())
-        metrics = [r for r in read_metric_rows(run_dir / "metrics.jsonl") if "loss" in r]
-        lr = spec["optimizer"]["lr"]
-        trial = {
-            "trial_id": run_dir.name, "size": spec["model"]["size"], "lr": lr, "seed": spec["seed"],
-            "status": "complete" if (run_dir / COMPLETE_FILE).exists() else "incomplete",
-            "tokens_seen": metrics[-1]["tokens_seen"] if metrics else 0,
-            "last_train_loss": metrics[-1]["loss"] if metrics else None,
-        }
-        if lr == "paper":
-            from plasticity_ray.model.sizes import resolve_size
-
-            trial["lr"] = resolve_size(trial["size"]).paper_lr
-        points = _probe_rows(run_dir, trial)
-        trial.update({
-            "probes_done": len(points),
-            "latest_auc": points[-1]["auc"] if points else None,
-            "auc_change_percent": points[-1]["auc_change_percent"] if points else None,
-        })
-        trials.append(trial)
+        row, points = trial(run_dir)
+        trials.append(row)
         probes += points
     return {"trials": trials, "probes": probes}
 

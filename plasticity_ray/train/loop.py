@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import queue
+import signal
 import threading
 import time
 import zlib
@@ -32,7 +34,7 @@ from plasticity_ray.storage import write_json_atomic
 from plasticity_ray.train import checkpoint
 from plasticity_ray.train.hooks import Hooks, ProbePoint, StepEnd, TaskEnd, default_hooks, is_probe_point
 from plasticity_ray.train.metrics import RunLog
-from plasticity_ray.train.recipe import autocast, lr_at, make_optimizer, train_step
+from plasticity_ray.train.recipe import autocast, evaluate, lr_at, make_optimizer, train_step
 
 CPU_MICRO_BATCH_TOKENS = 2**16
 COMPLETE_FILE = "complete.json"
@@ -128,6 +130,7 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.log = RunLog(run_dir) if rank == 0 else None
         self.last_row: dict = {}
+        self._validation: dict[str, torch.Tensor] = {}
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ class Trainer:
             done = step + 1
             if done % spec.train.log_every == 0 or done == steps:
                 self.last_row = self._log_row(task, done, global_step, lr, interval_loss, interval_steps, grad_norm, digest,
-                                    started)
+                                              started)
                 interval_loss.zero_()
                 interval_steps, digest, started = 0, 0, time.perf_counter()
             if (global_step + 1) % spec.train.report_every == 0 or global_step + 1 == spec.tasks * steps:
@@ -196,9 +199,25 @@ class Trainer:
             "tokens_seen": (global_step + 1) * self.spec.batch.global_tokens,
             "batch_digest": int(digests.item()), "time": time.time(),
         }
+        every = self.spec.train.eval_every
+        if self.rank == 0 and every and done % every == 0:
+            row["val_loss"] = self._validation_loss(task)
         if self.log:
             self.log.write(row, step=global_step + 1)
         return row
+
+    def _validation_loss(self, task: Task) -> float:
+        """Loss on the first `train.eval_sequences` validation rows of the task's language (the
+        mean over the languages for a stationary mixture); rank 0 only, on the unwrapped model."""
+        languages = [task.language] if task.language else list(self.spec.data.languages)
+        losses = []
+        for language in languages:
+            if language not in self._validation:
+                unit = self.prepared.unit(language, "validation")
+                ids = unit.take(np.arange(min(self.spec.train.eval_sequences, unit.rows)))
+                self._validation[language] = torch.from_numpy(ids.astype(np.int64)).to(self.device)
+            losses.append(evaluate(self.model, self._validation[language], self.micro_batch, self.precision))
+        return sum(losses) / len(losses)
 
     def _end_task(self, task: Task) -> None:
         global_step = (task.index + 1) * self.spec.steps_per_task
@@ -235,6 +254,8 @@ class Trainer:
         marker = self.run_dir / f".debug_failed_at_{global_step}"
         if not marker.exists():
             marker.touch()
+            if self.spec.debug.fail_by == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"debug.fail_at_step: worker {self.rank} crashes at step {global_step} as asked")
 
 
