@@ -120,7 +120,7 @@ def _data(args) -> int:
 
 def _train(args) -> int:
     from plasticity_ray.data.shards import DataError
-    from plasticity_ray.runtime import init_ray
+    from plasticity_ray.runtime import ResourceError, check_resources, init_ray
     from plasticity_ray.train.checkpoint import CheckpointError
     from ray.train import TrainingFailedError
 
@@ -141,9 +141,10 @@ def _train(args) -> int:
               "Use `--size`, or `plasticity-ray sweep` for the whole grid.")
     init_ray()
     try:
+        check_resources(spec)
         summary = run_training(spec)
         close_service(spec)
-    except (DataError, CheckpointError) as err:
+    except (DataError, CheckpointError, ResourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingFailedError as err:
@@ -159,6 +160,59 @@ def _train(args) -> int:
     print(f"  metrics: {summary.run_dir / 'metrics.jsonl'}; TensorBoard: tensorboard --logdir {summary.run_dir}")
     _print_probes(summary.run_dir, spec.data.probe_language)
     return 0
+
+
+def _sweep(args) -> int:
+    from plasticity_ray.data.shards import DataError
+    from plasticity_ray.runtime import ResourceError, check_resources, init_ray
+    from plasticity_ray.sweep.tune import run_sweep
+
+    spec = _load(args.spec)
+    if args.storage:
+        spec = with_overrides(spec, {"storage_path": args.storage}, source="command line")
+    for line in describe(spec):
+        print(line)
+    init_ray()
+    try:
+        for point in grid_points(spec):
+            check_resources(with_overrides(spec, point))
+        summary = run_sweep(spec, resume=args.resume)
+    except (DataError, ResourceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print()
+    _print_results(summary.experiment_dir, probes=False)
+    for line in summary.errors:
+        print(f"error: trial failed for good: {line}", file=sys.stderr)
+    if summary.unfinished:
+        print(f"interrupted: {summary.unfinished} trial(s) unfinished; continue with "
+              f"`plasticity-ray sweep {args.spec}{' --storage ' + args.storage if args.storage else ''} --resume`",
+              file=sys.stderr)
+        return 130
+    return 1 if summary.errors else 0
+
+
+def _submit(args, extra: list[str]) -> int:
+    from pathlib import Path
+
+    from ray.exceptions import AuthenticationError
+
+    from plasticity_ray.submit import SubmitError, follow, submit
+
+    _load(args.spec)  # a broken spec fails here, not minutes later on the cluster
+    try:
+        client, job_id = submit(Path(args.spec), args.address, args.storage, extra)
+    except SubmitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ConnectionError, RuntimeError, AuthenticationError) as err:  # unreachable, refused, wrong token
+        print(f"error: cannot submit to {args.address}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    if not args.follow:
+        return 0
+    status = follow(client, job_id)
+    print(f"{job_id}: {status.value}")
+    return 0 if status.value == "SUCCEEDED" else 1
 
 
 def _print_probes(run_dir, language: str) -> None:
@@ -232,28 +286,62 @@ def _probe_or_diagnose(args) -> int:
 def _results(args) -> int:
     from pathlib import Path
 
-    from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, format_table, tables, to_csv, write_tables
+    from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, tables, to_csv, write_tables
 
     experiment_dir = Path(args.experiment_dir)
     if not experiment_dir.is_dir():
         print(f"error: {experiment_dir}: not a directory", file=sys.stderr)
         return 2
+    if args.lr_grid:
+        return _print_lr_grid(experiment_dir, args.json)
+    if args.json or args.csv:
+        result = tables(experiment_dir)
+        if not result["trials"]:
+            print(f"error: {experiment_dir}: no runs here (a run directory holds spec.json)", file=sys.stderr)
+            return 2
+        write_tables(experiment_dir, result)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(to_csv(result["probes"], PROBE_COLUMNS) if args.probes else to_csv(result["trials"], TRIAL_COLUMNS), end="")
+        return 0
+    return _print_results(experiment_dir, args.probes)
+
+
+def _print_lr_grid(experiment_dir, as_json: bool) -> int:
+    from plasticity_ray.storage import write_json_atomic
+    from plasticity_ray.sweep.lr_grid import format_lr_grid, lr_grid_table
+    from plasticity_ray.sweep.results import tables
+
+    try:
+        table = lr_grid_table(tables(experiment_dir)["trials"])
+    except ValueError as err:
+        print(f"error: {experiment_dir}: {err}", file=sys.stderr)
+        return 2
+    write_json_atomic(experiment_dir / "lr_grid.json", table)
+    if as_json:
+        print(json.dumps(table, indent=2))
+    else:
+        print(format_lr_grid(table))
+        print(f"\ntable: {experiment_dir / 'lr_grid.json'}")
+    return 0
+
+
+def _print_results(experiment_dir, probes: bool) -> int:
+    """The trial table (and the probe table), written as CSV too; says where everything is."""
+    from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, format_table, tables, write_tables
+
     result = tables(experiment_dir)
     if not result["trials"]:
         print(f"error: {experiment_dir}: no runs here (a run directory holds spec.json)", file=sys.stderr)
         return 2
     written = write_tables(experiment_dir, result)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    elif args.csv:
-        print(to_csv(result["probes"], PROBE_COLUMNS) if args.probes else to_csv(result["trials"], TRIAL_COLUMNS), end="")
-    else:
-        print(format_table(result["trials"], TRIAL_COLUMNS))
-        if args.probes:
-            print()
-            print(format_table(result["probes"], PROBE_COLUMNS))
-        print(f"\ntables: {', '.join(map(str, written))}")
-        print(f"TensorBoard: tensorboard --logdir {experiment_dir}")
+    print(format_table(result["trials"], TRIAL_COLUMNS))
+    if probes:
+        print()
+        print(format_table(result["probes"], PROBE_COLUMNS))
+    print(f"\ntables: {', '.join(map(str, written))}")
+    print(f"TensorBoard: tensorboard --logdir {experiment_dir}")
     return 0
 
 
@@ -308,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
     train.add_argument("--storage", help="storage path for data, checkpoints and results")
 
+    sweep = commands.add_parser("sweep", help="run every trial of a spec's sweep (grid or Optuna search) on Ray Tune")
+    sweep.add_argument("spec", metavar="SPEC")
+    sweep.add_argument("--storage", help="storage path for data, checkpoints and results (shared storage on a cluster)")
+    sweep.add_argument("--resume", action="store_true", help="continue the sweep stopped in the same storage")
+
+    submit = commands.add_parser(
+        "submit", help="submit a sweep to a Ray cluster as a Ray job (arguments after -- go to `sweep`, e.g. -- --resume)")
+    submit.add_argument("spec", metavar="SPEC", help="spec file inside this project (the job uploads the project)")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--storage", help="storage path on the cluster (shared storage: NFS mount or s3://)")
+    submit.add_argument("--follow", action="store_true", help="print the job's logs until it ends; exit 0 if it succeeded")
+
     probe = commands.add_parser("probe", help="probe one checkpoint here: train a copy on the probe language, print its AUC")
     probe.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="a checkpoint directory")
     probe.add_argument("--spec", required=True, help="the experiment spec the checkpoint belongs to")
@@ -326,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help='print {"trials": [...], "probes": [...]}')
     output.add_argument("--csv", action="store_true", help="print CSV (the trial table, or with --probes the probe table)")
     results.add_argument("--probes", action="store_true", help="also show the per-probe table")
+    results.add_argument("--lr-grid", action="store_true",
+                         help="Table II: best and interpolated learning rate per size, and the exponent alpha")
 
     bench = commands.add_parser("bench", help="benchmarks; results are JSON records with device, date and command")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -346,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # `submit SPEC ... -- --resume`: what follows `--` goes to the sweep on the cluster.
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = build_parser().parse_args(argv)
     if args.command == "sizes":
         return _print_sizes(args.json)
@@ -355,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         return _data(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "sweep":
+        return _sweep(args)
+    if args.command == "submit":
+        return _submit(args, extra)
     if args.command in ("probe", "diagnose"):
         return _probe_or_diagnose(args)
     if args.command == "results":

@@ -96,10 +96,10 @@ class ProbeService:
 
     def __init__(self, max_concurrent: int, cpus: float, gpus: float):
         self.slots = asyncio.Semaphore(max_concurrent)
-        self.job = ray.remote(_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        self.job = ray.remote(_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy="DEFAULT")
         self.references: dict[str, int] = {}  # probe-point checkpoint → jobs (and holds) still needing it
         self.previous: dict[str, str] = {}  # run dir → the last probe point's checkpoint (for weight_distance)
-        self.pending: set[asyncio.Task] = set()
+        self.pending: dict[asyncio.Task, tuple[str, str, str]] = {}  # job → (run dir, kind, key)
         self.closing = False
         self.last_activity = time.time()
         self.done: list[dict] = []
@@ -135,13 +135,13 @@ class ProbeService:
     def _start(self, kind: str, spec_json: dict, point: dict, previous: str | None = None) -> bool:
         run_dir = Path(point["run_dir"])
         key = BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
-        if row_path(run_dir, kind, key).exists():
-            return False  # already measured: submitting again is safe
+        if row_path(run_dir, kind, key).exists() or (point["run_dir"], kind, key) in self.pending.values():
+            return False  # measured or being measured: submitting again is safe
         self._hold(point["checkpoint"])
         self._hold(previous)
         task = asyncio.get_event_loop().create_task(self._run(kind, spec_json, point, previous))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        self.pending[task] = (point["run_dir"], kind, key)
+        task.add_done_callback(lambda done: self.pending.pop(done, None))
         return True
 
     async def submit(self, spec_json: dict, point: dict) -> int:
@@ -150,6 +150,7 @@ class ProbeService:
         spec = ExperimentSpec.model_validate(spec_json)
         self._watch()
         self.last_activity = time.time()
+        self.closing = False  # a resumed sweep may reach a service that was told to close
         self._hold(point["checkpoint"])  # held while the jobs are being queued
         try:
             started = self._start("probes", spec_json, point) if spec.probe.enabled else False
@@ -174,14 +175,17 @@ class ProbeService:
             self._drop(path)
         self.previous.clear()
 
-    async def wait(self) -> list[dict]:
-        """Block until every queued job has finished; returns the rows written so far."""
-        while self.pending:
-            await asyncio.gather(*list(self.pending), return_exceptions=True)
+    def _pending(self, run_dir: str | None) -> list[asyncio.Task]:
+        return [task for task, (where, _, _) in self.pending.items() if run_dir is None or where == run_dir]
+
+    async def wait(self, run_dir: str | None = None) -> list[dict]:
+        """Block until every queued job (of `run_dir`, if given) has finished; returns the rows written so far."""
+        while jobs := self._pending(run_dir):
+            await asyncio.gather(*jobs, return_exceptions=True)
         return self.done
 
-    async def status(self) -> dict:
-        return {"pending": len(self.pending), "done": len(self.done), "closing": self.closing,
+    async def status(self, run_dir: str | None = None) -> dict:
+        return {"pending": len(self._pending(run_dir)), "done": len(self.done), "closing": self.closing,
                 "held_checkpoints": dict(self.references)}
 
     async def _exit_when_idle(self) -> None:
@@ -197,6 +201,9 @@ def get_service(spec: ExperimentSpec):
     return ProbeService.options(
         name=service_name(spec), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         max_concurrency=1000,
+        # Not inside the caller's placement group (a Tune trial's captures its children): the
+        # service outlives the trial, and its jobs ask for resources of their own.
+        scheduling_strategy="DEFAULT",
     ).remote(spec.resources.max_concurrent_probes, spec.resources.probe_cpus, spec.resources.probe_gpus)
 
 

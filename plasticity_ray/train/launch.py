@@ -20,10 +20,11 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from plasticity_ray.data.prepare import prepare
-from plasticity_ray.probe.service import baseline_request, get_service
+from plasticity_ray.probe.service import baseline_request, get_service, point_request
 from plasticity_ray.spec import ExperimentSpec, with_overrides
 from plasticity_ray.storage import storage_dir, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
+from plasticity_ray.train.hooks import ProbePoint, probe_ordinal
 from plasticity_ray.train.loop import COMPLETE_FILE, model_config, train_worker
 from plasticity_ray.train.metrics import read_rows
 
@@ -99,7 +100,7 @@ class _ProgressTail(threading.Thread):
                 self.say(progress_line(self.spec, row, self.started, self.first_tokens))
 
 
-def build_trainer(spec: ExperimentSpec, directory: Path) -> TorchTrainer:
+def build_trainer(spec: ExperimentSpec, directory: Path, callbacks: list | None = None) -> TorchTrainer:
     resources = spec.resources
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.gpus_per_worker:
@@ -114,18 +115,37 @@ def build_trainer(spec: ExperimentSpec, directory: Path) -> TorchTrainer:
             name=directory.name, storage_path=str(directory.parent),
             failure_config=ray.train.FailureConfig(max_failures=spec.train.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress comes from our own rows
+            callbacks=callbacks,
         ),
     )
 
 
-def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print) -> RunSummary:
-    """Train one run of `spec` to the end (or continue it); data is prepared first if needed."""
+def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], None]) -> None:
+    """Submit again every probe point of the run that has no row yet (a sweep or service stopped
+    before they ran; the service skips measured and running ones), then wait for the run's jobs."""
+    service = get_service(spec)
+    spec_json = spec.model_dump(mode="json")
+    if spec.probe.baseline:
+        service.submit.remote(spec_json, baseline_request(spec, directory))
+    for point in read_rows(directory / "probe_points.jsonl", key=("task_index",)):
+        service.submit.remote(spec_json, point_request(ProbePoint(**point), probe_ordinal(spec, point["task_index"])))
+    pending = ray.get(service.status.remote(str(directory)))["pending"]
+    if pending:
+        say(f"training done; waiting for {pending} probe/diagnostics job(s) of this run")
+    ray.get(service.wait.remote(str(directory)))
+
+
+def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callbacks: list | None = None) -> RunSummary:
+    """Train one run of `spec` to the end (or continue it) and wait for its probes; data is prepared
+    first if needed. `callbacks` go to Ray Train (a sweep passes Tune's report callback)."""
     # Workers run in their own working directory: hand them an absolute storage path.
     spec = with_overrides(spec, {"storage_path": str(storage_dir(spec.storage_path).resolve())})
     directory = run_dir(spec)
     metrics = directory / "metrics.jsonl"
     if (directory / COMPLETE_FILE).exists():
         say(f"{directory}: already complete")
+        if spec.probe.enabled:
+            _finish_probes(spec, directory, say)
         rows = [r for r in read_rows(metrics) if "loss" in r]
         return RunSummary(directory, True, rows[-1] if rows else None)
     saved = checkpoints(directory)  # checked first: a bad checkpoint stops us before any work
@@ -145,14 +165,11 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print) -> Ru
     tail = _ProgressTail(spec, metrics, say)
     tail.start()
     try:
-        build_trainer(spec, directory).fit()
+        build_trainer(spec, directory, callbacks).fit()
     finally:
         tail.stop.set()
         tail.join()
     if service is not None:
-        pending = ray.get(service.status.remote())["pending"]
-        if pending:
-            say(f"training done; waiting for {pending} probe/diagnostics job(s) still running")
-        ray.get(service.wait.remote())
+        _finish_probes(spec, directory, say)
     rows = [r for r in read_rows(metrics) if "loss" in r]
     return RunSummary(directory, (directory / COMPLETE_FILE).exists(), rows[-1] if rows else None)

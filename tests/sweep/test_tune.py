@@ -1,0 +1,168 @@
+"""Sweeps on a real local Ray Tune: a grid whose trials each lose a worker once and are retried,
+an interrupted sweep continued with --resume, and an Optuna search.
+
+The sweeps are shared: each fixture sweeps once and several tests read what it wrote.
+"""
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plasticity_ray.cli import main
+from plasticity_ray.spec import with_overrides
+from plasticity_ray.sweep.tune import max_concurrent_trials, run_sweep, run_trial
+from plasticity_ray.train.loop import COMPLETE_FILE
+
+pytestmark = pytest.mark.slow
+
+QUIET = {"say": lambda line: None}
+
+
+def _tiny(spec, storage, **overrides):
+    """The demo's data (prepared once per session) with tiny models: 3 cycles of 3 languages × 4 steps."""
+    base = {
+        "storage_path": str(storage), "data.languages": ["en", "de", "fr"], "schedule.cycles": 3,
+        "schedule.tokens_per_task": 8192, "batch.global_tokens": 2048, "train.log_every": 2, "train.report_every": 8,
+        "train.checkpoint_every": 8, "train.eval_every": 2, "train.eval_sequences": 8,
+        "probe.tokens": 4096, "probe.eval_every": 1, "probe.eval_sequences": 8,
+        "diagnostics.enabled": ["weight_magnitude"], "sweep.grid": {"model.size": ["L1-d64", "L2-d64"]},
+    }
+    return with_overrides(spec, {**base, **overrides})
+
+
+def _results_json(experiment_dir: Path) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["results", str(experiment_dir), "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def killed_once(demo_prepared, demo_spec, tmp_path_factory):
+    """Every trial's worker is SIGKILLed once at step 13; Ray Train may not restart it (max_failures 0),
+    so only Tune's retry of the whole trial can finish the sweep."""
+    spec = _tiny(demo_spec, tmp_path_factory.mktemp("killed"), **{
+        "debug.fail_at_step": 13, "debug.fail_by": "sigkill", "train.max_failures": 0, "sweep.max_failures": 1,
+    })
+    return spec, run_sweep(spec, **QUIET)
+
+
+def test_every_trial_completes_with_probes_after_a_killed_worker(killed_once):
+    spec, summary = killed_once
+    assert summary.errors == [] and summary.unfinished == 0
+    result = _results_json(summary.experiment_dir)
+    assert sorted(t["size"] for t in result["trials"]) == ["L1-d64", "L2-d64"]
+    for trial in result["trials"]:
+        assert trial["status"] == "complete" and trial["lr"] == spec.lr
+        assert trial["tokens_seen"] == spec.tasks * spec.steps_per_task * spec.batch.global_tokens
+        probes = [p for p in result["probes"] if p["trial_id"] == trial["trial_id"]]
+        assert len(probes) >= 3 and all(p["auc"] > 0 for p in probes)
+        assert {p["cycle"] for p in probes} == {0, 1, 2}
+        assert {"trial_id", "size", "cycle", "task_index", "auc"} <= set(probes[0])
+        run = summary.experiment_dir / trial["trial_id"]
+        assert (run / ".debug_failed_at_13").exists()  # the worker really was killed
+
+
+def test_tune_saw_the_trials_and_their_probe_results(killed_once):
+    from ray import tune
+
+    _, summary = killed_once
+    results = tune.Tuner.restore(str(summary.experiment_dir / "tune"), trainable=run_trial).get_results()
+    assert len(results) == 2
+    for result in results:
+        assert result.error is None
+        assert result.metrics["status"] == "complete" and result.metrics["probes_done"] == 3
+        history = result.metrics_dataframe
+        # Train reports came first (each with the trial row so far), then the final row.
+        assert len(history) >= 2 and history["val_score"].notna().all()
+
+
+def test_the_probe_service_is_closed_after_the_sweep(killed_once, ray_session):
+    from plasticity_ray.probe.service import NAMESPACE, service_name
+
+    spec, _ = killed_once
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            ray_session.get_actor(service_name(spec), namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.5)
+    pytest.fail("the probe service is still alive 30 s after the sweep")
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(demo_prepared, demo_spec, tmp_path, ray_session):
+    spec = _tiny(demo_spec, tmp_path, **{"sweep.max_concurrent_trials": 1, "probe.enabled": False,
+                                         "schedule.cycles": 2, "name": "resumed"})
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    command = [sys.executable, "-m", "plasticity_ray.cli", "sweep", str(spec_file)]
+    experiment = tmp_path / "resumed"
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(300, driver.kill)
+    watchdog.start()
+    output = []
+    for line in driver.stdout:  # Ctrl-C once Tune has recorded the first trial as finished
+        output.append(line)
+        if re.search(r"Trial run_trial_\w+ completed after", line):
+            driver.send_signal(signal.SIGINT)
+            break
+    rest, _ = driver.communicate(timeout=120)
+    watchdog.cancel()
+    first_output = "".join(output) + rest
+    assert driver.returncode == 130, first_output
+    assert "--resume" in first_output
+    finished = [p.parent for p in experiment.glob(f"*/{COMPLETE_FILE}")]
+    assert len(finished) == 1
+    finished_metrics = (finished[0] / "metrics.jsonl").read_bytes()
+
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming the sweep" in resumed.stdout
+    assert "already complete" not in resumed.stdout  # Tune did not even start the finished trial
+    assert len(list(experiment.glob(f"*/{COMPLETE_FILE}"))) == 2
+    assert (finished[0] / "metrics.jsonl").read_bytes() == finished_metrics
+
+
+def test_optuna_searches_the_learning_rate_per_size(demo_prepared, demo_spec, tmp_path):
+    spec = _tiny(demo_spec, tmp_path, **{
+        "name": "optuna", "probe.enabled": False, "schedule.cycles": 1, "data.languages": ["en"],
+        "sweep.grid": {"model.size": ["L1-d64"]},
+        "sweep.search": {"parameter": "optimizer.lr", "low": 1e-4, "high": 1e-2, "samples": 3},
+    })
+    summary = run_sweep(spec, **QUIET)
+    assert summary.errors == [] and summary.trials == 3
+    trials = _results_json(summary.experiment_dir)["trials"]
+    lrs = [t["lr"] for t in trials]
+    assert len(set(lrs)) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    assert all(t["val_score"] is not None and t["status"] == "complete" for t in trials)
+
+
+def test_concurrent_trials_follow_the_cluster_and_leave_room_for_probes(demo_spec):
+    gpu = with_overrides(demo_spec, {"resources.gpus_per_worker": 1, "resources.probe_gpus": 1,
+                                      "resources.max_concurrent_probes": 2})
+    assert max_concurrent_trials(gpu, {"CPU": 64, "GPU": 8}) == 6
+    assert max_concurrent_trials(gpu, {"CPU": 64, "GPU": 1}) == 1
+    cpu = with_overrides(demo_spec, {"resources.cpus_per_worker": 2, "resources.probe_cpus": 1})
+    assert max_concurrent_trials(cpu, {"CPU": 9}) == 4
+    assert max_concurrent_trials(with_overrides(cpu, {"sweep.max_concurrent_trials": 2}), {"CPU": 9}) == 2
+
+
+def test_a_local_ray_without_gpus_refuses_a_gpu_spec_at_once(demo_spec):
+    from plasticity_ray.runtime import missing_resources
+
+    gpu = with_overrides(demo_spec, {"resources.gpus_per_worker": 1})
+    assert missing_resources(gpu, {"CPU": 2}) == ["training needs 1 GPU, the cluster has 0"]
+    assert missing_resources(demo_spec, {"CPU": 2}) == []
