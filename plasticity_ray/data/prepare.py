@@ -228,10 +228,13 @@ def prepare(spec: ExperimentSpec, say: Callable[[str], None] = print) -> Prepare
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows are cut from the stream in order
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # we print our own progress, per language
-    say(f"preparing {spec.data.tokenizer} data in {root}")
+    ready = all(language in manifest["languages"] for language in all_languages(spec.data))
+    say(f"{spec.data.tokenizer} data of {len(all_languages(spec.data))} languages ready in {root}" if ready
+        else f"preparing {spec.data.tokenizer} data in {root}")
     for language in all_languages(spec.data):
         if language in manifest["languages"]:
-            say(f"  {language}: already prepared, skipped")
+            if not ready:
+                say(f"  {language}: already prepared, skipped")
             continue
         units = _prepare_language(spec, root, language, say)
         manifest["languages"][language] = units
