@@ -345,6 +345,21 @@ def _print_results(experiment_dir, probes: bool) -> int:
     return 0
 
 
+def _fit_onset(args) -> int:
+    from pathlib import Path
+
+    from plasticity_ray.analysis.fits import fit_onsets, format_fits, read_onset_table
+
+    try:
+        params, onsets = read_onset_table(Path(args.table))
+        result = fit_onsets(params, onsets, args.predict or [], args.tokens_per_task)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_fits(result))
+    return 0
+
+
 def _bench(args, argv: list[str]) -> int:
     from pathlib import Path
 
@@ -429,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--lr-grid", action="store_true",
                          help="Table II: best and interpolated learning rate per size, and the exponent alpha")
 
+    fit = commands.add_parser("fit-onset", help="Appendix B's four scaling fits of onset vs parameters (Table V)")
+    fit.add_argument("table", metavar="TABLE.csv", help="CSV with columns params,onset (e.g. results/paper/table_iv.csv)")
+    fit.add_argument("--json", action="store_true", help='print {"models": {...}, "best": ..., "predictions": [...]}')
+    fit.add_argument("--predict", type=float, nargs="+", metavar="PARAMS", help="sizes to predict the onset of")
+    fit.add_argument("--tokens-per-task", type=float, help="also give predictions in tokens (the paper: 5e9)")
+
     bench = commands.add_parser("bench", help="benchmarks; results are JSON records with device, date and command")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     bench_data = bench_commands.add_parser("data", help="tokenization, preparation and training-stream throughput")
@@ -468,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         return _probe_or_diagnose(args)
     if args.command == "results":
         return _results(args)
+    if args.command == "fit-onset":
+        return _fit_onset(args)
     if args.command == "bench":
         return _bench(args, argv)
     raise AssertionError(f"unhandled command {args.command}")

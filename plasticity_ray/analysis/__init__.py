@@ -1,0 +1,1 @@
+"""Probe curves → onsets → scaling fits, tables, figures and a report (Appendix B, §V)."""
