@@ -182,6 +182,9 @@ def _sweep(args) -> int:
         return 2
     print()
     _print_results(summary.experiment_dir, probes=False)
+    if not summary.unfinished:
+        print()
+        _print_analysis([summary.experiment_dir])
     for line in summary.errors:
         print(f"error: trial failed for good: {line}", file=sys.stderr)
     if summary.unfinished:
@@ -345,6 +348,37 @@ def _print_results(experiment_dir, probes: bool) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from pathlib import Path
+
+    dirs = [Path(d) for d in args.experiment_dirs]
+    missing = [d for d in dirs if not d.is_dir()]
+    if missing:
+        print(f"error: {', '.join(map(str, missing))}: not a directory", file=sys.stderr)
+        return 2
+    try:
+        return _print_analysis(dirs, Path(args.out) if args.out else None)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _print_analysis(dirs, out=None) -> int:
+    from plasticity_ray.analysis.report import ONSET_COLUMNS, analyze
+    from plasticity_ray.sweep.results import format_table
+
+    result = analyze(dirs, out)
+    print(format_table(result.onsets, [c for c in ONSET_COLUMNS if c != "message"]))
+    for row in result.onsets:
+        print(f"  {row['trial_id']}: {row['message']}")
+    if result.fits:
+        print(f"best scaling fit (leave-one-out RMSE): {result.fits['best']}")
+    for name, why in result.skipped:
+        print(f"skipped {name}: {why}")
+    print(f"report, tables and figures: {result.out_dir / 'report.md'} ({len(result.written)} files)")
+    return 0
+
+
 def _fit_onset(args) -> int:
     from pathlib import Path
 
@@ -444,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--lr-grid", action="store_true",
                          help="Table II: best and interpolated learning rate per size, and the exponent alpha")
 
+    analyze = commands.add_parser("analyze", help="onsets, scaling fits, the paper's figures and a report.md")
+    analyze.add_argument("experiment_dirs", nargs="+", metavar="EXPERIMENT_DIR",
+                         help="one or more <storage>/<experiment> directories (several are combined)")
+    analyze.add_argument("--out", help="where to write (default: EXPERIMENT_DIR/analysis of the first)")
+
     fit = commands.add_parser("fit-onset", help="Appendix B's four scaling fits of onset vs parameters (Table V)")
     fit.add_argument("table", metavar="TABLE.csv", help="CSV with columns params,onset (e.g. results/paper/table_iv.csv)")
     fit.add_argument("--json", action="store_true", help='print {"models": {...}, "best": ..., "predictions": [...]}')
@@ -489,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         return _probe_or_diagnose(args)
     if args.command == "results":
         return _results(args)
+    if args.command == "analyze":
+        return _analyze(args)
     if args.command == "fit-onset":
         return _fit_onset(args)
     if args.command == "bench":

@@ -6,6 +6,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,38 @@ def demo_prepared(ray_session, demo_spec):
     from plasticity_ray.data.prepare import prepare
 
     return prepare(demo_spec, say=lambda line: None)
+
+
+def _write_run(experiment, run_id, size, lr, aucs, baseline, complete=True, failed_task=None, languages=8):
+    """A run directory as a run writes it: spec, metrics (with a torn last line), probe and
+    diagnostics rows after every `languages`-th task."""
+    run = experiment / run_id
+    run.mkdir(parents=True)
+    from plasticity_ray.spec import ExperimentSpec
+
+    spec = ExperimentSpec(name="e", model={"size": size}, optimizer={"lr": lr})
+    (run / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
+    rows = [{"task": t, "step": 16, "loss": 5.0 - t / 10, "tokens_seen": (t + 1) * 1000, "time": t} for t in range(8)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"task": 9, "st')  # torn line
+    if complete:
+        (run / "complete.json").write_text("{}")
+    (run / "probes").mkdir()
+    (run / "diagnostics").mkdir()
+    (run / "probes" / "baseline.json").write_text(json.dumps({"status": "ok", "auc": baseline, "checkpoint": None,
+                                                             "task_index": None}))
+    for i, auc in enumerate(aucs):
+        task = languages * i + languages - 1
+        point = {"status": "ok", "auc": auc, "checkpoint": f"x/{task}", "task_index": task, "cycle": i, "language": "ru"}
+        (run / "probes" / f"task-{task:05d}.json").write_text(json.dumps(point))
+        diag = {**point, "weight_magnitude": 0.1 * (i + 1), "dormant_units": {"percent": 2.0, "per_layer_percent": [1.0, 3.0]},
+                "attention_entropy": {"lazy_percent": 10.0, "collapsed_percent": 5.0, "h_max": 4.0,
+                                      "per_head": [[1.0, 2.0], [0.0, 4.0]]}}
+        (run / "diagnostics" / f"task-{task:05d}.json").write_text(json.dumps(diag))
+    if failed_task is not None:
+        (run / "probes" / f"task-{failed_task:05d}.error.json").write_text(
+            json.dumps({"status": "failed", "error": "model.pt: unreadable", "task_index": failed_task}))
+
+
+@pytest.fixture
+def write_run():
+    return _write_run

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
 
 MODELS = ("linear", "linear_log", "exponential", "log_log")
 FORMULAS = {"linear": "T = a + b·P", "linear_log": "T = a + b·ln P", "exponential": "T = a·exp(b·P)",
@@ -28,6 +29,8 @@ FORMULAS = {"linear": "T = a + b·P", "linear_log": "T = a + b·ln P", "exponent
 def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     design = np.column_stack([np.ones_like(x), x])
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    if len(y) <= 2:  # an exact fit (a leave-one-out fold of three points): no residual variance
+        return coef, np.full(2, np.nan)
     residual = y - design @ coef
     variance = residual @ residual / (len(y) - 2)
     return coef, np.sqrt(np.diag(variance * np.linalg.inv(design.T @ design)))
@@ -50,8 +53,10 @@ def fit_model(name: str, params: np.ndarray, onsets: np.ndarray) -> tuple[np.nda
         return c, se, lambda p: np.exp(c[0] + c[1] * np.log(p))
     if name == "exponential":
         start, _ = _ols(params, np.log(onsets))  # the log-linear fit starts the nonlinear one
-        c, cov = curve_fit(_exponential, params, onsets, p0=[math.exp(start[0]), start[1]], maxfev=100_000,
-                           xtol=1e-15, ftol=1e-15)
+        with warnings.catch_warnings():  # two points: exact, and no covariance (NaN standard errors)
+            warnings.simplefilter("ignore", OptimizeWarning)
+            c, cov = curve_fit(_exponential, params, onsets, p0=[math.exp(start[0]), start[1]], maxfev=100_000,
+                               xtol=1e-15, ftol=1e-15)
         return c, np.sqrt(np.diag(cov)), lambda p: _exponential(np.asarray(p, float), *c)
     raise ValueError(f"unknown model {name!r}; one of {', '.join(MODELS)}")
 

@@ -6,39 +6,13 @@ import json
 import pytest
 
 from plasticity_ray.cli import main
-from plasticity_ray.spec import ExperimentSpec
-
-
-def _run(experiment, run_id, size, lr, aucs, baseline, complete=True, failed_task=None):
-    run = experiment / run_id
-    run.mkdir(parents=True)
-    spec = ExperimentSpec(name="e", model={"size": size}, optimizer={"lr": lr})
-    (run / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
-    rows = [{"task": t, "step": 16, "loss": 5.0 - t / 10, "tokens_seen": (t + 1) * 1000, "time": t} for t in range(8)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"task": 9, "st')  # torn line
-    if complete:
-        (run / "complete.json").write_text("{}")
-    (run / "probes").mkdir()
-    (run / "diagnostics").mkdir()
-    (run / "probes" / "baseline.json").write_text(json.dumps({"status": "ok", "auc": baseline, "checkpoint": None,
-                                                             "task_index": None}))
-    for i, auc in enumerate(aucs):
-        task = 8 * i + 7
-        point = {"status": "ok", "auc": auc, "checkpoint": f"x/{task}", "task_index": task, "cycle": i, "language": "ru"}
-        (run / "probes" / f"task-{task:05d}.json").write_text(json.dumps(point))
-        diag = {**point, "weight_magnitude": 0.1 * (i + 1), "dormant_units": {"percent": 2.0},
-                "attention_entropy": {"lazy_percent": 10.0, "collapsed_percent": 5.0}}
-        (run / "diagnostics" / f"task-{task:05d}.json").write_text(json.dumps(diag))
-    if failed_task is not None:
-        (run / "probes" / f"task-{failed_task:05d}.error.json").write_text(
-            json.dumps({"status": "failed", "error": "model.pt: unreadable", "task_index": failed_task}))
 
 
 @pytest.fixture
-def experiment(tmp_path):
+def experiment(tmp_path, write_run):
     root = tmp_path / "e"
-    _run(root, "5M_run", "5M", "paper", [3.0, 2.9, 3.1], baseline=3.5)
-    _run(root, "12M_run", "12M", 2e-3, [2.8], baseline=3.2, complete=False, failed_task=15)
+    write_run(root, "5M_run", "5M", "paper", [3.0, 2.9, 3.1], baseline=3.5)
+    write_run(root, "12M_run", "12M", 2e-3, [2.8], baseline=3.2, complete=False, failed_task=15)
     return root
 
 

@@ -5,6 +5,7 @@ The sweeps are shared: each fixture sweeps once and several tests read what it w
 """
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -86,6 +87,18 @@ def test_tune_saw_the_trials_and_their_probe_results(killed_once):
         history = result.metrics_dataframe
         # Train reports came first (each with the trial row so far), then the final row.
         assert len(history) >= 2 and history["val_score"].notna().all()
+
+
+def test_analyze_draws_what_the_sweep_measured_and_names_what_it_did_not(killed_once, capsys):
+    _, summary = killed_once
+    assert main(["analyze", str(summary.experiment_dir)]) == 0
+    out = capsys.readouterr().out
+    analysis = summary.experiment_dir / "analysis"
+    for stem in ("fig2_auc_change", "fig5_correlates", "fig9_onset"):  # AUCs and weight magnitude were measured
+        assert (analysis / f"{stem}.png").exists() and (analysis / f"{stem}.svg").exists()
+    assert "skipped fig6_dormant_layers: no dormant_units diagnostics" in out
+    assert "skipped fig7_attention: no attention_entropy diagnostics" in out
+    assert len(list(csv.DictReader(open(analysis / "onsets.csv")))) == 2
 
 
 def test_the_probe_service_is_closed_after_the_sweep(killed_once, ray_session):

@@ -1,0 +1,223 @@
+"""The paper's figures, drawn from an experiment's runs with matplotlib.
+
+Each `fig_*` returns a matplotlib Figure, or raises `Skip` saying which data it lacks, so the report
+can list what it left out and why.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from plasticity_ray.analysis.fits import FORMULAS, MODELS, fit_model  # noqa: E402
+from plasticity_ray.analysis.onset import Onset, percent_change  # noqa: E402
+from plasticity_ray.analysis.runs import Run  # noqa: E402
+
+MAX_PANELS = 8
+
+
+class Skip(Exception):
+    """The figure cannot be drawn from this experiment; the message says why."""
+
+
+def _continual(runs: list[Run], least: int = 1) -> list[Run]:
+    chosen = [r for r in runs if r.mode == "continual" and len(r.probes) >= least]
+    if not chosen:
+        raise Skip(f"no continual run with at least {least} probe(s)")
+    return chosen
+
+
+def _panels(count: int, width: float = 4.2, height: float = 3.2):
+    count = min(count, MAX_PANELS)
+    cols = min(count, 4)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _by_size(runs: list[Run]) -> list[Run]:
+    return sorted(runs, key=lambda r: (r.params, r.trial_id))
+
+
+def fig_auc_change(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
+    """Fig. 2: % change of probe AUC relative to the first probe vs cycle, one line per run."""
+    chosen = _continual(runs, least=2)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in _by_size(chosen):
+        ax.plot([run.cycles(p) for p in run.probes], percent_change([p["auc"] for p in run.probes]), marker="o",
+                ms=3, label=run.label)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="cycles trained (each cycle = every language once)", ylabel="% change in probe AUC vs first probe",
+           title="Plasticity over continual training (Eq. 1; above 0 = learns the probe language slower)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def fig_stationary(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
+    """Fig. 4: the same for stationary (mixture) runs, against tokens."""
+    chosen = [r for r in runs if r.mode == "stationary" and len(r.probes) >= 2]
+    if not chosen:
+        raise Skip("no stationary run with at least 2 probes")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in _by_size(chosen):
+        ax.plot([p["tokens_seen"] for p in run.probes], percent_change([p["auc"] for p in run.probes]), marker="o",
+                ms=3, label=run.label)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="tokens trained", ylabel="% change in probe AUC vs first probe",
+           title="Plasticity under a stationary mixture of languages")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def fig_onset_curves(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
+    """Fig. 9: normalised AUC per probe, its moving average, and the onset point, one panel per run."""
+    chosen = [r for r in _continual(runs) if len(onsets[r.trial_id].values) >= 3]
+    if not chosen:
+        raise Skip("no continual run with at least 3 probes")
+    fig, axes = _panels(len(chosen))
+    for ax, run in zip(axes, _by_size(chosen)):
+        o = onsets[run.trial_id]
+        ax.plot(o.tasks, o.values, "o-", color="tab:blue", ms=3, label="AUC / probe-language-alone AUC"
+                if run.baseline else "AUC (no baseline probe)")
+        inner = [(t, v) for t, v in zip(o.tasks, o.smoothed) if v is not None]
+        ax.plot(*zip(*inner), color="gold", lw=2, label="moving average (3)")
+        if o.task_instance is not None:
+            ax.plot([o.task_instance], [o.smoothed[o.tasks.index(o.task_instance)]], "o", color="red", ms=7,
+                    label=f"onset: {o.task_instance} tasks")
+        ax.set(title=run.label, xlabel="tasks trained", ylabel="normalised AUC" if run.baseline else "AUC")
+        ax.legend(fontsize=7)
+    fig.suptitle("Onset of plasticity loss: minimum of the smoothed probe AUC (Appendix B)")
+    fig.tight_layout()
+    return fig
+
+
+def _diagnostic_series(run: Run, key) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for p in run.probes:
+        value = key(run.diagnostics.get(p["task_index"], {}))
+        if value is not None:
+            xs.append(run.cycles(p))
+            ys.append(value)
+    return xs, ys
+
+
+def fig_correlates(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
+    """Fig. 5: average weight magnitude and % dormant units vs cycle, the onset marked."""
+    series = {
+        "average |weight|": lambda d: d.get("weight_magnitude"),
+        "% dormant MLP units": lambda d: (d.get("dormant_units") or {}).get("percent"),
+    }
+    chosen = [r for r in _continual(runs) if any(_diagnostic_series(r, k)[0] for k in series.values())]
+    if not chosen:
+        raise Skip("no weight_magnitude or dormant_units diagnostics")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (name, key) in zip(axes, series.items()):
+        for run in _by_size(chosen):
+            xs, ys = _diagnostic_series(run, key)
+            if xs:
+                line, = ax.plot(xs, ys, marker="o", ms=3, label=run.label)
+                onset = onsets[run.trial_id].task_instance
+                if onset is not None:
+                    ax.axvline(onset / run.languages, color=line.get_color(), ls=":", lw=1)
+        ax.set(xlabel="cycles trained", ylabel=name, title=f"{name} (dotted: onset)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Correlates of plasticity loss")
+    fig.tight_layout()
+    return fig
+
+
+def fig_dormant_layers(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
+    """Fig. 6: % dormant units per layer (rows) at each probe (columns), one heatmap per run."""
+    chosen = [r for r in _continual(runs) if any("dormant_units" in d for d in r.diagnostics.values())]
+    if not chosen:
+        raise Skip("no dormant_units diagnostics")
+    fig, axes = _panels(len(chosen))
+    for ax, run in zip(axes, _by_size(chosen)):
+        probes = [p for p in run.probes if "dormant_units" in run.diagnostics.get(p["task_index"], {})]
+        grid = np.array([run.diagnostics[p["task_index"]]["dormant_units"]["per_layer_percent"] for p in probes]).T
+        image = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma",
+                          extent=(0.5, len(probes) + 0.5, -0.5, grid.shape[0] - 0.5))
+        ax.set(title=run.label, xlabel="probe (1 = first)", ylabel="layer")
+        _integer_ticks(ax)
+        fig.colorbar(image, ax=ax, label="% dormant")
+    fig.suptitle("Dormant MLP units per layer over training")
+    fig.tight_layout()
+    return fig
+
+
+def fig_attention(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
+    """Fig. 7: % lazy and % collapsed heads vs cycle, and each head's mean entropy at the last probe."""
+    chosen = [r for r in _continual(runs) if any("attention_entropy" in d for d in r.diagnostics.values())]
+    if not chosen:
+        raise Skip("no attention_entropy diagnostics")
+    chosen = _by_size(chosen)[: MAX_PANELS - 2]
+    fig, axes = _panels(2 + len(chosen))
+    for ax, (name, key) in zip(axes[:2], (("% lazy heads", "lazy_percent"), ("% collapsed heads", "collapsed_percent"))):
+        for run in chosen:
+            xs, ys = _diagnostic_series(run, lambda d: (d.get("attention_entropy") or {}).get(key))
+            ax.plot(xs, ys, marker="o", ms=3, label=run.label)
+        ax.set(xlabel="cycles trained", ylabel=name, title=name)
+        ax.legend(fontsize=7)
+    for ax, run in zip(axes[2:], chosen):
+        last = [d for _, d in sorted(run.diagnostics.items()) if "attention_entropy" in d][-1]["attention_entropy"]
+        image = ax.imshow(np.array(last["per_head"]), aspect="auto", origin="lower", cmap="viridis", vmin=0,
+                          vmax=last["h_max"])
+        ax.set(title=f"{run.label}\nentropy per head, last probe", xlabel="head", ylabel="layer")
+        _integer_ticks(ax)
+        fig.colorbar(image, ax=ax, label=f"mean entropy (max {last['h_max']:.2f})")
+    fig.suptitle("Attention: lazy heads (entropy near the maximum) and collapsed heads (near 0)")
+    fig.tight_layout()
+    return fig
+
+
+def _fit_points(onset_rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    found = [r for r in onset_rows if r["onset_tasks"] is not None]
+    return np.array([r["params"] for r in found], float), np.array([r["onset_tasks"] for r in found], float)
+
+
+def fig_onset_scaling(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
+    """Fig. 3: onset vs non-embedding parameters on log-log axes, with the log-log fit."""
+    if fits is None:
+        raise Skip("needs onsets of at least 3 runs to fit")
+    params, onsets = _fit_points(onset_rows)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.loglog(params, onsets, "o", label="onset per run")
+    m = fits["models"]["log_log"]
+    grid = np.geomspace(params.min() / 1.5, params.max() * 1.5, 100)
+    ax.loglog(grid, np.exp(m["a"] + m["b"] * np.log(grid)), label=f"ln T = {m['a']:.2f} + {m['b']:.3f}·ln P "
+              f"(R² {m['r2']:.3f})")
+    ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
+           title="Onset of plasticity loss vs model size")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def fig_fits(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
+    """Fig. 10: the four fitted models over the data."""
+    if fits is None:
+        raise Skip("needs onsets of at least 3 runs to fit")
+    params, onsets = _fit_points(onset_rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(params, onsets, "ko", label="onsets")
+    grid = np.linspace(params.min(), params.max(), 200)
+    for name in MODELS:
+        predict = fit_model(name, params, onsets)[2]
+        ax.plot(grid, predict(grid), label=f"{name}: {FORMULAS[name]} (LOO RMSE {fits['models'][name]['loo_rmse']:.3g})")
+    ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
+           title=f"Four models of the onset (best by leave-one-out RMSE: {fits['best']})")
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,168 @@
+"""`plasticity-ray analyze`: onsets, tables, fits and figures of one or more experiments, written
+next to them with a report.md that embeds the figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from plasticity_ray.analysis import figures
+from plasticity_ray.analysis.fits import fit_onsets
+from plasticity_ray.analysis.onset import Onset, find_onset
+from plasticity_ray.analysis.runs import Run, load_runs
+from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
+
+ONSET_COLUMNS = ["trial_id", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
+                 "message"]
+
+# (file stem, caption, drawing function)
+RUN_FIGURES = [
+    ("fig2_auc_change", "% change of the probe AUC relative to the first probe (Eq. 1) against cycles trained, "
+     "one line per run: a rising line is plasticity being lost.", figures.fig_auc_change),
+    ("fig4_stationary", "The same for runs on a stationary mixture of languages, against tokens.", figures.fig_stationary),
+    ("fig5_correlates", "Average weight magnitude and % dormant MLP units at each probe point; dotted lines mark "
+     "each run's onset.", figures.fig_correlates),
+    ("fig6_dormant_layers", "% dormant MLP units per layer at each probe point.", figures.fig_dormant_layers),
+    ("fig7_attention", "% lazy and % collapsed attention heads, and every head's mean attention entropy at the "
+     "last probe point.", figures.fig_attention),
+    ("fig9_onset", "Probe AUC divided by the probe-language-alone AUC, its centred moving average (window 3) and "
+     "the onset: the minimum of the smoothed curve (Appendix B).", figures.fig_onset_curves),
+]
+FIT_FIGURES = [
+    ("fig3_onset_scaling", "Onset against non-embedding parameters on log-log axes with the log-log fit.",
+     figures.fig_onset_scaling),
+    ("fig10_fits", "The four models of Appendix B fitted to the onsets.", figures.fig_fits),
+]
+
+
+@dataclass
+class Analysis:
+    out_dir: Path
+    onsets: list[dict]
+    fits: dict | None
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (figure or table, why)
+
+
+def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
+    rows, onsets = [], {}
+    for run in runs:
+        o = find_onset([run.tasks_trained(p) for p in run.probes], [p["auc"] for p in run.probes], run.baseline)
+        onsets[run.trial_id] = o
+        lr = run.spec["optimizer"]["lr"]
+        rows.append({
+            "trial_id": run.trial_id, "size": run.size, "params": run.params, "mode": run.mode,
+            "lr": lr, "seed": run.spec["seed"], "probes": len(run.probes), "onset_tasks": o.task_instance,
+            "onset_tokens": o.task_instance * run.tokens_per_task if o.task_instance is not None else None,
+            "status": o.status, "message": o.message,
+        })
+    return rows, onsets
+
+
+def language_table(runs: list[Run]) -> list[dict]:
+    """Table III: mean AUC of probes by the language trained just before, per size."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        for p in run.probes:
+            if p.get("language"):
+                cells.setdefault((run.size, p["language"]), []).append(p["auc"])
+    return [{"size": size, "preceding_language": lang, "probes": len(v), "mean_auc": sum(v) / len(v)}
+            for (size, lang), v in sorted(cells.items())]
+
+
+def _csv(rows: list[dict], columns: list[str]) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for suffix in (".png", ".svg"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=suffix[1:], dpi=120, bbox_inches="tight")
+        write_bytes_atomic(stem.with_suffix(suffix), buffer.getvalue())
+        paths.append(stem.with_suffix(suffix))
+    plt.close(fig)
+    return paths
+
+
+def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Callable[[str], None] = print) -> Analysis:
+    """Everything above for the runs of `experiment_dirs`, written to `out_dir` (default: the first
+    experiment's `analysis/`)."""
+    runs = load_runs(experiment_dirs)
+    if not runs:
+        raise ValueError(f"no runs in {', '.join(map(str, experiment_dirs))} (a run directory holds spec.json)")
+    out_dir = out_dir or experiment_dirs[0] / "analysis"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, onsets = onset_rows(runs)
+    result = Analysis(out_dir, rows, None)
+
+    write_bytes_atomic(out_dir / "onsets.csv", _csv(rows, ONSET_COLUMNS))
+    result.written.append(out_dir / "onsets.csv")
+    by_language = language_table(runs)
+    if len({r["preceding_language"] for r in by_language}) > 1:
+        write_bytes_atomic(out_dir / "auc_by_language.csv",
+                           _csv(by_language, ["size", "preceding_language", "probes", "mean_auc"]))
+        result.written.append(out_dir / "auc_by_language.csv")
+    else:
+        result.skipped.append(("auc_by_language.csv", "every probe follows the same language"))
+
+    found = [r for r in rows if r["onset_tasks"] is not None and r["mode"] == "continual"]
+    if len({r["params"] for r in found}) >= 3:
+        result.fits = fit_onsets([r["params"] for r in found], [r["onset_tasks"] for r in found])
+        write_json_atomic(out_dir / "onset_fits.json", result.fits)
+        result.written.append(out_dir / "onset_fits.json")
+    else:
+        result.skipped.append(("onset_fits.json", f"onsets found for {len({r['params'] for r in found})} model "
+                               "size(s); the scaling fits need 3"))
+
+    captions = []
+    jobs = [(stem, caption, lambda f=fn: f(runs, onsets)) for stem, caption, fn in RUN_FIGURES]
+    jobs += [(stem, caption, lambda f=fn: f(rows, result.fits)) for stem, caption, fn in FIT_FIGURES]
+    for stem, caption, draw in jobs:
+        try:
+            fig = draw()
+        except figures.Skip as why:
+            result.skipped.append((stem, str(why)))
+            continue
+        result.written += _save(fig, out_dir / stem)
+        captions.append((stem, caption))
+    write_bytes_atomic(out_dir / "report.md", _report(experiment_dirs, rows, by_language, result, captions).encode())
+    result.written.append(out_dir / "report.md")
+    return result
+
+
+def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> str:
+    lines = [f"# Plasticity analysis of {', '.join(d.name for d in experiment_dirs)}", "",
+             "## Onsets", "", "| run | size | params | probes | onset (tasks) | onset (tokens) | note |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        tokens = f"{r['onset_tokens']:.3g}" if r["onset_tokens"] is not None else "-"
+        lines.append(f"| {r['trial_id']} | {r['size']} | {r['params']:,} | {r['probes']} | "
+                     f"{r['onset_tasks'] if r['onset_tasks'] is not None else '-'} | {tokens} | {r['message']} |")
+    if result.fits:
+        lines += ["", "## Scaling fits (Appendix B)", "", "| model | formula | a | se(a) | b | se(b) | R² | RMSE | LOO RMSE |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, m in result.fits["models"].items():
+            lines.append(f"| {name} | {m['formula']} | {m['a']:.5g} | {m['se_a']:.4g} | {m['b']:.5g} | {m['se_b']:.4g} "
+                         f"| {m['r2']:.4f} | {m['rmse']:.3f} | {m['loo_rmse']:.3f} |")
+        lines.append(f"\nBest by leave-one-out RMSE: **{result.fits['best']}**.")
+    if len({r["preceding_language"] for r in by_language}) > 1:
+        lines += ["", "## Probe AUC by the preceding language (Table III)", "", "| size | language | probes | mean AUC |",
+                  "|---|---|---:|---:|"]
+        lines += [f"| {r['size']} | {r['preceding_language']} | {r['probes']} | {r['mean_auc']:.4f} |" for r in by_language]
+    lines += ["", "## Figures", ""]
+    for stem, caption in captions:
+        lines += [f"![{stem}]({stem}.png)", "", f"*{caption}*", ""]
+    if result.skipped:
+        lines += ["## Not drawn", ""] + [f"- {name}: {why}" for name, why in result.skipped]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,73 @@
+"""What the analysis reads of a run directory: its spec, probe AUCs, baseline and diagnostics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plasticity_ray.model.sizes import resolve_size
+from plasticity_ray.probe.service import read_rows as read_job_rows
+from plasticity_ray.sweep.results import run_dirs
+from plasticity_ray.train.metrics import read_rows as read_metric_rows
+
+
+@dataclass
+class Run:
+    path: Path
+    spec: dict
+    probes: list[dict]  # ok probe rows of probe points, by task index
+    baseline: float | None
+    diagnostics: dict[int, dict]  # task index → ok diagnostics row
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def trial_id(self) -> str:
+        return self.path.name
+
+    @property
+    def size(self) -> str:
+        return self.spec["model"]["size"]
+
+    @property
+    def params(self) -> int:
+        return resolve_size(self.size).non_embedding_params
+
+    @property
+    def mode(self) -> str:
+        return self.spec["schedule"]["mode"]
+
+    @property
+    def languages(self) -> int:
+        return len(self.spec["data"]["languages"])
+
+    @property
+    def tokens_per_task(self) -> int:
+        return self.spec["schedule"]["tokens_per_task"]
+
+    @property
+    def label(self) -> str:
+        lr = self.spec["optimizer"]["lr"]
+        lr = resolve_size(self.size).paper_lr if lr == "paper" else lr
+        mitigations = [m["name"] for m in self.spec.get("mitigations", [])]
+        extra = f", {'+'.join(mitigations)}" if mitigations else ""
+        return f"{self.size} (lr {lr:.2g}, seed {self.spec['seed']}{extra})"
+
+    def tasks_trained(self, probe: dict) -> int:
+        return probe["task_index"] + 1
+
+    def cycles(self, probe: dict) -> float:
+        return self.tasks_trained(probe) / self.languages
+
+
+def load_run(path: Path) -> Run:
+    probes = [r for r in read_job_rows(path, "probes") if r.get("status") == "ok"]
+    baseline = next((r["auc"] for r in probes if r.get("checkpoint") is None), None)
+    points = sorted((r for r in probes if r.get("task_index") is not None), key=lambda r: r["task_index"])
+    diagnostics = {r["task_index"]: r for r in read_job_rows(path, "diagnostics") if r.get("status") == "ok"}
+    metrics = [r for r in read_metric_rows(path / "metrics.jsonl") if "loss" in r]
+    return Run(path, json.loads((path / "spec.json").read_text()), points, baseline, diagnostics, metrics)
+
+
+def load_runs(experiment_dirs: list[Path]) -> list[Run]:
+    return [load_run(p) for d in experiment_dirs for p in run_dirs(d)]

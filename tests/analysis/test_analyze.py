@@ -1,0 +1,57 @@
+"""`plasticity-ray analyze` on experiment directories written the way runs write them."""
+
+import csv
+import json
+
+import pytest
+
+from plasticity_ray.cli import main
+
+# Valleys whose bottoms (after smoothing) are at probe 3, 4 and 6: onsets after 24, 32 and 48 tasks.
+CURVES = {"5M": [3.4, 3.2, 3.0, 3.2, 3.4, 3.6, 3.8], "12M": [3.4, 3.2, 3.1, 3.0, 3.1, 3.2, 3.3],
+          "27M": [3.4, 3.3, 3.2, 3.1, 3.0, 2.9, 3.0, 3.2]}
+ONSETS = {"5M": 24, "12M": 32, "27M": 48}
+
+
+@pytest.fixture
+def experiments(tmp_path, write_run):
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_run(first, "5M_run", "5M", "paper", CURVES["5M"], baseline=3.5)
+    write_run(first, "12M_run", "12M", "paper", CURVES["12M"], baseline=3.5)
+    write_run(second, "27M_run", "27M", "paper", CURVES["27M"], baseline=3.5)
+    return first, second
+
+
+def test_one_experiment_gets_onsets_figures_and_says_what_it_skipped(experiments, capsys):
+    first, _ = experiments
+    assert main(["analyze", str(first)]) == 0
+    out = capsys.readouterr().out
+    analysis = first / "analysis"
+    with open(analysis / "onsets.csv") as f:
+        rows = {r["size"]: r for r in csv.DictReader(f)}
+    assert {size: int(r["onset_tasks"]) for size, r in rows.items()} == {"5M": 24, "12M": 32}
+    assert rows["5M"]["status"] == "found"
+    for stem in ("fig2_auc_change", "fig5_correlates", "fig6_dormant_layers", "fig7_attention", "fig9_onset"):
+        assert (analysis / f"{stem}.png").stat().st_size > 1000 and (analysis / f"{stem}.svg").exists()
+        assert f"![{stem}]({stem}.png)" in (analysis / "report.md").read_text()
+    assert not (analysis / "fig3_onset_scaling.png").exists()
+    assert "skipped fig3_onset_scaling: needs onsets of at least 3 runs to fit" in out
+    assert "skipped fig4_stationary: no stationary run with at least 2 probes" in out
+    assert "skipped onset_fits.json: onsets found for 2 model size(s); the scaling fits need 3" in out
+
+
+def test_several_experiments_combine_into_the_scaling_fit(experiments, tmp_path):
+    first, second = experiments
+    out = tmp_path / "combined"
+    assert main(["analyze", str(first), str(second), "--out", str(out)]) == 0
+    fits = json.loads((out / "onset_fits.json").read_text())
+    assert set(fits["models"]) == {"linear", "linear_log", "exponential", "log_log"}
+    assert fits["models"]["linear"]["r2"] <= 1.0
+    assert (out / "fig3_onset_scaling.png").exists() and (out / "fig10_fits.png").exists()
+    report = (out / "report.md").read_text()
+    assert "## Scaling fits (Appendix B)" in report and "| 27M_run | 27M |" in report
+
+
+def test_a_directory_without_runs_is_a_clear_error(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert "no runs in" in capsys.readouterr().err
