@@ -21,6 +21,7 @@ UPLOAD_EXCLUDES = [
     "*.pt", "*.parquet", "*.arrow", "events.out.tfevents.*",
 ]
 PENDING_WARNING_S = 15.0
+AGENT_WAIT_S = 60.0
 
 
 class SubmitError(Exception):
@@ -44,11 +45,20 @@ def submit(spec_path: Path, address: str, storage: str | None = None, extra: lis
     """Submit the sweep; returns the client and the job id. Says so when the job waits in PENDING."""
     command = entrypoint(spec_path, root, storage, list(extra))
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(
-        entrypoint=command,
-        runtime_env={"working_dir": str(root), "excludes": UPLOAD_EXCLUDES},
-        metadata={"tool": "plasticity-ray", "spec": spec_path.name},
-    )
+    deadline = time.time() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=command,
+                runtime_env={"working_dir": str(root), "excludes": UPLOAD_EXCLUDES},
+                metadata={"tool": "plasticity-ray", "spec": spec_path.name},
+            )
+            break
+        except RuntimeError as err:  # a head that has just started has no job agent for a few seconds
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            say("the cluster's job agent is not up yet; trying again")
+            time.sleep(2.0)
     say(f"submitted {job_id}: {command}")
     say(f"  status: ray job status {job_id} --address {address}; logs: ray job logs {job_id} --address {address} --follow")
     started = time.time()

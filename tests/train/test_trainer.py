@@ -100,10 +100,11 @@ def test_probe_points_are_recorded_and_handed_to_the_probe_service(continual):
     spec, summary = continual
     lines = (summary.run_dir / "probe_points.jsonl").read_text().splitlines()
     points = [json.loads(line) for line in lines]
-    assert [p["task_index"] for p in points] == [spec.tasks - 1]  # the end of the only cycle
-    assert points[0]["language"] == "ru" and points[0]["cycle"] == 0
+    # After Spanish (the demo's probe.after_languages; en zh fr ja es ...) and at the end of the only cycle.
+    assert [p["task_index"] for p in points] == [4, spec.tasks - 1]
+    assert [p["language"] for p in points] == ["es", "ru"] and points[-1]["cycle"] == 0
     row = json.loads((summary.run_dir / "probes" / f"task-{spec.tasks - 1:05d}.json").read_text())
-    assert row["status"] == "ok" and row["checkpoint"] == points[0]["checkpoint"]
+    assert row["status"] == "ok" and row["checkpoint"] == points[-1]["checkpoint"]
 
 
 def test_a_worker_crash_restarts_and_resumes_exactly(continual, crashed):
