@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from plasticity_ray.model.sizes import ModelSize, resolve_size
@@ -76,6 +76,9 @@ class _Section(BaseModel):
 
 class ModelSpec(_Section):
     size: SizeName = "5M"  # a Table I name, or L<layers>-d<hidden> for a custom size
+    # A learnable attention-sink token (Xiao et al. 2024) prepended to every sequence, so heads have
+    # somewhere to put attention they do not need (a remedy for lazy heads).
+    attention_sink: bool = False
 
     @property
     def resolved(self) -> ModelSize:
@@ -236,6 +239,38 @@ class SweepSpec(_Section):
     max_failures: Annotated[int, Ge(0)] = 2  # retries of a failed trial (Tune), on top of train.max_failures
 
 
+class WeightClipping(_Section):
+    """Elsayed et al. 2024: after every step, clip each weight to ±kappa × its initialisation scale
+    (the normal init's standard deviation); parameters initialised to constants are left alone."""
+
+    name: Literal["weight_clipping"]
+    kappa: PositiveFloat = 3.0
+
+
+class ShrinkPerturb(_Section):
+    """Ash & Adams 2020: at the end of every task, θ ← shrink·θ + noise·θ₀ with θ₀ a fresh
+    initialisation (seeded by the run's seed and the task)."""
+
+    name: Literal["shrink_perturb"]
+    every: Literal["task"] = "task"
+    shrink: Annotated[float, Gt(0), Le(1)] = 0.8
+    noise: Annotated[float, Ge(0)] = 0.01
+
+
+class ReDo(_Section):
+    """Sokar et al. 2023: every `every` steps, MLP units whose score (Eqs. 3-4: mean |activation| on
+    the step's batch ÷ the layer mean) is ≤ `threshold` get fresh incoming weights, zero outgoing
+    weights and zeroed Adam moments."""
+
+    name: Literal["redo"]
+    every: PositiveInt = 1000
+    threshold: Annotated[float, Ge(0)] = 0.0
+
+
+Mitigation = Annotated[Union[WeightClipping, ShrinkPerturb, ReDo], Field(discriminator="name")]
+MITIGATION_NAMES = ("weight_clipping", "shrink_perturb", "redo")
+
+
 class ExperimentSpec(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     seed: Annotated[int, Ge(0)] = 0
@@ -251,6 +286,7 @@ class ExperimentSpec(_Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     debug: DebugSpec = Field(default_factory=DebugSpec)
+    mitigations: list[Mitigation] = Field(default_factory=list)  # applied in the listed order
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentSpec":
@@ -346,6 +382,8 @@ def _format_loc(loc: tuple) -> str:
             text += f"[{part}]"
         elif part in ("builtin", "hf", "files") and text.endswith("source"):
             continue  # the union's tag adds nothing a user typed
+        elif part in MITIGATION_NAMES and text.startswith("mitigations["):
+            continue
         elif isinstance(part, str) and part.startswith(("function-", "constrained-")):
             continue
         else:
@@ -362,6 +400,11 @@ def _readable(error: dict) -> list[str]:
         return [f"{loc}: unknown field" + (f" (did you mean {guess[0]!r}?)" if guess else "")]
     if kind == "missing":
         return [f"{loc}: required"]
+    if kind == "union_tag_invalid":
+        tag, expected = str(error["ctx"]["tag"]), re.findall(r"'([^']+)'", error["ctx"]["expected_tags"])
+        guess = difflib.get_close_matches(tag, expected, n=1, cutoff=0.6)
+        hint = f"did you mean {guess[0]!r}? " if guess else ""
+        return [f"{loc}.{error['ctx']['discriminator'].strip(chr(39))}: unknown {tag!r} ({hint}one of {', '.join(expected)})"]
     msg = re.sub(r"^(Value|Assertion) error, ", "", msg)
     msg = msg.replace("Input should be", "must be").replace("Input tag", "tag")
     lines = msg.split("\n")

@@ -33,11 +33,12 @@ def _batches(rows: torch.Tensor, micro_batch: int):
 
 
 @torch.no_grad()
-def activation_dormancy(model: GPT, rows: torch.Tensor, threshold: float = 0.01, micro_batch: int = 8,
-                        precision=contextlib.nullcontext) -> dict:
-    """Eq. (3): h̄ = mean |GeLU output| over sequences and positions; Eq. (4): s = h̄ / layer mean."""
+def activation_means(model: GPT, rows: torch.Tensor, micro_batch: int = 8,
+                     precision=contextlib.nullcontext) -> list[torch.Tensor]:
+    """Eq. (3) per layer: h̄ = mean |GeLU output| of every MLP unit over sequences and positions."""
     sums = [torch.zeros(block.mlp.fc.out_features, device=rows.device) for block in model.blocks]
     tokens = 0
+
     def accumulate(i):
         def hook(module, inputs, output) -> None:  # returns None: the output itself is left alone
             sums[i].add_(output.float().abs().sum((0, 1)))
@@ -52,7 +53,13 @@ def activation_dormancy(model: GPT, rows: torch.Tensor, threshold: float = 0.01,
     finally:
         for h in handles:
             h.remove()
-    return _scores_to_result([s / tokens for s in sums], threshold)
+    return [s / tokens for s in sums]
+
+
+def activation_dormancy(model: GPT, rows: torch.Tensor, threshold: float = 0.01, micro_batch: int = 8,
+                        precision=contextlib.nullcontext) -> dict:
+    """Eq. (4): s = h̄ / layer mean; dormant when s ≤ threshold."""
+    return _scores_to_result(activation_means(model, rows, micro_batch, precision), threshold)
 
 
 def gradient_dormancy(model: GPT, rows: torch.Tensor, threshold: float = 0.01, micro_batch: int = 8,

@@ -34,14 +34,16 @@ class GPTConfig:
     hidden: int
     vocab_size: int
     context: int
+    attention_sink: bool = False  # a learnable token before every sequence (Xiao et al. 2024)
 
     @property
     def heads(self) -> int:
         return self.hidden // HEAD_DIM
 
     @classmethod
-    def from_size(cls, size: ModelSize, vocab_size: int, context: int) -> "GPTConfig":
-        return cls(layers=size.layers, hidden=size.hidden, vocab_size=vocab_size, context=context)
+    def from_size(cls, size: ModelSize, vocab_size: int, context: int, attention_sink: bool = False) -> "GPTConfig":
+        return cls(layers=size.layers, hidden=size.hidden, vocab_size=vocab_size, context=context,
+                   attention_sink=attention_sink)
 
 
 def causal_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -103,21 +105,27 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.context, cfg.hidden)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.sink = nn.Parameter(torch.empty(1, 1, cfg.hidden)) if cfg.attention_sink else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2·layers)."""
-        residual_std = 0.02 / math.sqrt(2 * self.cfg.layers)
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                std = residual_std if name.endswith(".proj") else 0.02
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        for name, param in self.named_parameters():
+            kind, value = self.initialisation(name)
+            if kind == "normal":
+                nn.init.normal_(param, mean=0.0, std=value)
+            else:
+                nn.init.constant_(param, value)
+
+    def initialisation(self, name: str) -> tuple[str, float]:
+        """How parameter `name` is initialised: ("normal", std) or ("constant", value)."""
+        if name.endswith(".bias"):
+            return "constant", 0.0
+        if ".ln_" in name or name.startswith("ln_"):
+            return "constant", 1.0
+        if name.endswith(".proj.weight"):
+            return "normal", 0.02 / math.sqrt(2 * self.cfg.layers)
+        return "normal", 0.02
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [self.wte.weight, self.wpe.weight]
@@ -133,10 +141,16 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {t} tokens is longer than the model's context of {self.cfg.context}")
         positions = torch.arange(t, device=idx.device)
         x = self.wte(idx) + self.wpe(positions)
+        skip = 0
+        if self.sink is not None:  # every token can attend to the sink; its own output is dropped
+            x = torch.cat([self.sink.to(x.dtype).expand(x.size(0), 1, -1), x], dim=1)
+            skip = 1
         for layer, block in enumerate(self.blocks):
-            observe = None if attention_observer is None else (lambda p, layer=layer: attention_observer(layer, p))
+            # The observer sees the real tokens' queries (over the sink and the tokens as keys).
+            observe = None if attention_observer is None else (
+                lambda p, layer=layer: attention_observer(layer, p[:, :, skip:, :]))
             x = block(x, observe)
-        return self.ln_f(x)
+        return self.ln_f(x[:, skip:])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.wte.weight)

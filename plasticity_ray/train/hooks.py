@@ -1,8 +1,9 @@
 """The trainer's extension points: every step, every task end, and probe points.
 
 Step and task-end hooks run on every rank (a mitigation that changes weights must do the same
-thing everywhere); probe-point hooks run on rank 0 after the probe-point checkpoint is written and
-get its *path*, never a live model.
+thing everywhere); task-end hooks run before the task-end checkpoint, so a resumed run never
+repeats or skips them. Probe-point hooks run on rank 0 after the probe-point checkpoint is written
+and get its *path*, never a live model.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from plasticity_ray.spec import ExperimentSpec
 
 @dataclass(frozen=True)
 class StepEnd:
-    model: torch.nn.Module
+    model: torch.nn.Module  # unwrapped (not the DDP wrapper)
     optimizer: torch.optim.Optimizer
     task: Task
     step: int  # 0-based step within the task that just finished
     global_step: int
+    rows: torch.Tensor  # this rank's token rows of the step (B × (seq_len + 1))
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,10 @@ class ProbePoint:
 
 @dataclass
 class Hooks:
-    step_end: list[Callable[[StepEnd], None]] = field(default_factory=list)
-    task_end: list[Callable[[TaskEnd], None]] = field(default_factory=list)
+    # Step and task-end hooks may return counts ({"redo_recycled": 3}); the trainer keeps running
+    # totals in every metrics row and in its checkpoints.
+    step_end: list[Callable[[StepEnd], dict | None]] = field(default_factory=list)
+    task_end: list[Callable[[TaskEnd], dict | None]] = field(default_factory=list)
     probe_point: list[Callable[[ProbePoint], None]] = field(default_factory=list)
 
 
@@ -89,4 +93,9 @@ def submit_to_probe_service(spec: ExperimentSpec) -> Callable[[ProbePoint], None
 
 
 def default_hooks(spec: ExperimentSpec) -> Hooks:
-    return Hooks(probe_point=[record_probe_point, submit_to_probe_service(spec)])
+    """The spec's mitigations, then recording and probing the probe points."""
+    from plasticity_ray.mitigations import hooks_for
+
+    hooks = hooks_for(spec)
+    hooks.probe_point += [record_probe_point, submit_to_probe_service(spec)]
+    return hooks

@@ -42,7 +42,7 @@ COMPLETE_FILE = "complete.json"
 
 def model_config(spec: ExperimentSpec) -> GPTConfig:
     tokenizer = tokenizer_class(spec.data.tokenizer)
-    return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len)
+    return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len, spec.model.attention_sink)
 
 
 def compile_blocks(model: GPT) -> None:
@@ -112,10 +112,12 @@ class Trainer:
         self.precision = lambda: autocast(device, spec.train.precision)
         self.optimizer = make_optimizer(self.model, spec, device)
         self.position = checkpoint.Position(0, 0)
+        self.counters: dict[str, int] = {}  # running totals that hooks return, e.g. redo_recycled
         latest = checkpoint.checkpoints(run_dir)
         if latest:
             state = checkpoint.load(latest[-1], self.model, self.cfg, self.optimizer)
             self.position = checkpoint.Position(**state["position"])
+            self.counters = dict(state.get("counters", {}))
             torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
         self.share = spec.global_sequences // world_size
         self.micro_batch = (
@@ -145,9 +147,23 @@ class Trainer:
             batches, upcoming = upcoming, (self._stream(index + 1, 0) if index + 1 < spec.tasks else None)
             self._run_task(task, start, batches)
             self._end_task(task)
+        digests = self._replica_digests()
         if self.rank == 0:
-            write_json_atomic(self.run_dir / COMPLETE_FILE, {"tasks": spec.tasks, "time": time.time()})
+            write_json_atomic(self.run_dir / COMPLETE_FILE,
+                              {"tasks": spec.tasks, "time": time.time(), "replica_digests": digests})
             self.log.close()
+
+    def _replica_digests(self) -> list[int]:
+        """A checksum of every rank's final weights: DDP replicas (and every mitigation's in-place
+        change) must leave them identical."""
+        digest = 0
+        for param in self.model.parameters():
+            digest = zlib.crc32(param.detach().cpu().contiguous().numpy().tobytes(), digest)
+        if self.world_size == 1:
+            return [digest]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, digest)
+        return gathered
 
     def _stream(self, index: int, start: int) -> _Prefetch:
         stream = task_stream(self.spec, self.prepared, index, start, self.rank, self.world_size)
@@ -170,7 +186,7 @@ class Trainer:
             digest = (digest * 1_000_003 + zlib.crc32(ids.tobytes())) % (2**31 - 1)
             self._maybe_fail(global_step)
             for hook in self.hooks.step_end:
-                hook(StepEnd(self.model, self.optimizer, task, step, global_step))
+                self._count(hook(StepEnd(self.model, self.optimizer, task, step, global_step, rows)))
             done = step + 1
             if done % spec.train.log_every == 0 or done == steps:
                 self.last_row = self._log_row(task, done, global_step, lr, interval_loss, interval_steps, grad_norm, digest,
@@ -197,7 +213,7 @@ class Trainer:
             "global_step": global_step + 1, "loss": totals[0].item() / totals[1].item(), "lr": lr,
             "grad_norm": grad_norm.item(), "tokens_per_s": tokens / seconds,
             "tokens_seen": (global_step + 1) * self.spec.batch.global_tokens,
-            "batch_digest": int(digests.item()), "time": time.time(),
+            "batch_digest": int(digests.item()), "time": time.time(), **self.counters,
         }
         every = self.spec.train.eval_every
         if self.rank == 0 and every and done % every == 0:
@@ -221,9 +237,9 @@ class Trainer:
 
     def _end_task(self, task: Task) -> None:
         global_step = (task.index + 1) * self.spec.steps_per_task
-        self._checkpoint(global_step, checkpoint.Position(task.index + 1, 0))
         for hook in self.hooks.task_end:
-            hook(TaskEnd(self.model, task, global_step))
+            self._count(hook(TaskEnd(self.model, task, global_step)))
+        self._checkpoint(global_step, checkpoint.Position(task.index + 1, 0))
         if self.rank == 0 and is_probe_point(self.spec, task):
             path = checkpoint.save_probe_point(self.run_dir, task.index, self.model.state_dict(),
                                                self._state(checkpoint.Position(task.index + 1, 0)))
@@ -240,7 +256,12 @@ class Trainer:
     def _state(self, position: checkpoint.Position) -> dict:
         return {"model": checkpoint.model_signature(self.cfg), "position": vars(position),
                 "size": self.spec.model.size, "lr": self.spec.lr, "seed": self.spec.seed,
-                "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+                "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+                "counters": self.counters}
+
+    def _count(self, counts: dict[str, int] | None) -> None:
+        for key, value in (counts or {}).items():
+            self.counters[key] = self.counters.get(key, 0) + value
 
     def _checkpoint(self, global_step: int, position: checkpoint.Position) -> None:
         if self.rank == 0:

@@ -1,0 +1,38 @@
+"""Mitigations of plasticity loss as trainer hooks, chosen in the spec's `mitigations` list.
+
+Each module holds one: a small function of the hook event that changes the model (and optimizer
+state) in place. They run on every rank and do the same thing everywhere: decisions come from
+all-reduced statistics and random draws from generators seeded by the run's seed and the step or
+task, so DDP replicas stay identical and a resumed run repeats them exactly. To add one: a typed
+section in `spec.py` (added to the `Mitigation` union), a module here, and a line in `hooks_for`.
+"""
+
+from __future__ import annotations
+
+from plasticity_ray.spec import ExperimentSpec, ReDo, ShrinkPerturb, WeightClipping
+from plasticity_ray.train.hooks import Hooks
+
+
+def hooks_for(spec: ExperimentSpec) -> Hooks:
+    from plasticity_ray.mitigations import redo, shrink_perturb, weight_clipping
+
+    hooks = Hooks()
+    for mitigation in spec.mitigations:
+        if isinstance(mitigation, WeightClipping):
+            hooks.step_end.append(weight_clipping.hook(mitigation))
+        elif isinstance(mitigation, ShrinkPerturb):
+            hooks.task_end.append(shrink_perturb.hook(mitigation, spec.seed))
+        elif isinstance(mitigation, ReDo):
+            hooks.step_end.append(redo.hook(mitigation, spec.seed))
+    return hooks
+
+
+def label(spec_json: dict) -> str:
+    """A short name for a run's mitigations, e.g. "shrink_perturb(shrink=0.8,noise=0.01)"; "none"."""
+    parts = []
+    for m in spec_json.get("mitigations", []):
+        args = ",".join(f"{k}={v}" for k, v in m.items() if k != "name" and (k != "every" or m["name"] == "redo"))
+        parts.append(f"{m['name']}({args})" if args else m["name"])
+    if spec_json.get("model", {}).get("attention_sink"):
+        parts.append("attention_sink")
+    return "+".join(parts) or "none"

@@ -1,0 +1,68 @@
+"""ReDo, Recycling Dormant neurons (Sokar, Agarwal, Castro and Evci 2023): every N steps each MLP
+unit is scored on the step's batch by Eqs. (3)-(4) — its mean |GeLU output| divided by its layer's
+mean — and units scoring ≤ τ are recycled: incoming weights and bias re-drawn from the
+initialisation, outgoing weights set to zero (so the network's function is unchanged), and the Adam
+moments of all of those entries zeroed (stale moments would push the unit straight back)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from plasticity_ray.diagnostics.dormant import activation_means
+from plasticity_ray.mitigations.init import fresh_like, generator
+from plasticity_ray.spec import ReDo
+from plasticity_ray.train.hooks import StepEnd
+
+
+def dormant_masks(model, rows: torch.Tensor, threshold: float) -> list[torch.Tensor]:
+    """Per layer, which units score ≤ threshold; statistics averaged over DDP ranks first."""
+    means = activation_means(model, rows)
+    if dist.is_available() and dist.is_initialized():
+        stacked = torch.stack(means)
+        dist.all_reduce(stacked)
+        means = list(stacked / dist.get_world_size())
+    masks = []
+    for mean_abs in means:
+        layer_mean = mean_abs.mean()
+        score = mean_abs / layer_mean if layer_mean > 0 else torch.zeros_like(mean_abs)
+        masks.append(score <= threshold)
+    return masks
+
+
+def _zero_moments(optimizer, param: torch.Tensor, index, dim: int) -> None:
+    state = optimizer.state.get(param, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            state[key].index_fill_(dim, index, 0.0)
+
+
+def recycle(model, optimizer, masks: list[torch.Tensor], g: torch.Generator) -> int:
+    """Reinitialise the masked units; returns how many."""
+    total = 0
+    with torch.no_grad():
+        for i, (block, mask) in enumerate(zip(model.blocks, masks)):
+            index = mask.nonzero().flatten()
+            if index.numel() == 0:
+                continue
+            total += index.numel()
+            fc, proj = block.mlp.fc, block.mlp.proj
+            name = f"blocks.{i}.mlp.fc.weight"
+            fc.weight[index] = fresh_like(model, name, (index.numel(), fc.weight.size(1)), fc.weight, g)
+            fc.bias[index] = 0.0
+            proj.weight[:, index] = 0.0
+            _zero_moments(optimizer, fc.weight, index, 0)
+            _zero_moments(optimizer, fc.bias, index, 0)
+            _zero_moments(optimizer, proj.weight, index, 1)
+    return total
+
+
+def hook(spec: ReDo, seed: int):
+    def on_step(event: StepEnd) -> dict | None:
+        if (event.global_step + 1) % spec.every:
+            return None
+        masks = dormant_masks(event.model, event.rows, spec.threshold)
+        device = next(event.model.parameters()).device
+        return {"redo_recycled": recycle(event.model, event.optimizer, masks, generator(device, seed, 2, event.global_step))}
+
+    return on_step
