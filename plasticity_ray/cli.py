@@ -7,7 +7,7 @@ import json
 import sys
 
 from plasticity_ray.model.sizes import size_table
-from plasticity_ray.spec import ExperimentSpec, SpecError, grid_points, load_spec, with_overrides
+from plasticity_ray.spec import ExperimentSpec, SpecError, grid_points, load_spec, point_labels, with_overrides
 
 
 def _print_sizes(as_json: bool) -> int:
@@ -36,9 +36,8 @@ def describe(spec: ExperimentSpec) -> list[str]:
         f"(warm-up {spec.warmup_steps} steps), {spec.data.tokenizer} tokenizer, seq_len {spec.data.seq_len}",
     ]
     shown = 12
-    for run, point in zip(runs[:shown], grid_points(spec)):
+    for run, label in zip(runs[:shown], point_labels(spec)):
         size = run.model.resolved
-        label = ", ".join(f"{k}={v}" for k, v in point.items()) or "single run"
         lines.append(
             f"  {label}: {size.layers} layers × {size.hidden} hidden, "
             f"{size.non_embedding_params:,} non-embedding params, lr {run.lr:.3g}, seed {run.seed}"

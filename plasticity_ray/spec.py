@@ -233,6 +233,9 @@ class OptunaSearchSpec(_Section):
 class SweepSpec(_Section):
     # Dotted spec paths to the values each takes, e.g. {"model.size": ["5M", "12M"], "seed": [0, 1]}.
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    # Named configurations crossed with the grid, e.g. a baseline and each mitigation:
+    # {none: {}, shrink_perturb: {mitigations: [{name: shrink_perturb}]}, sink: {model.attention_sink: true}}
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     search: OptunaSearchSpec | None = None
     # Trials at once; None: as many as the cluster's GPUs (or CPUs) hold next to the probes.
     max_concurrent_trials: PositiveInt | None = None
@@ -287,6 +290,7 @@ class ExperimentSpec(_Section):
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     debug: DebugSpec = Field(default_factory=DebugSpec)
     mitigations: list[Mitigation] = Field(default_factory=list)  # applied in the listed order
+    label: str | None = None  # the run's name in tables and figures (a sweep sets its variant's name)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentSpec":
@@ -425,6 +429,15 @@ def _problems(raw: Any) -> list[str]:
 
 def _validate(raw: Any, source: str) -> ExperimentSpec:
     problems = _problems(raw)
+    variants = raw.get("sweep", {}).get("variants") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else None
+    for name, overrides in (variants.items() if isinstance(variants, dict) else ()):
+        changed = raw
+        for path_, value in (overrides.items() if isinstance(overrides, dict) else ()):
+            if not _is_spec_path(path_):
+                problems.append(f"sweep.variants.{name}.{path_}: not a field of the spec")
+                continue
+            changed = _set_path(changed, path_, value)
+        problems += [f"sweep.variants.{name}: {problem}" for problem in _problems(changed) if problem not in problems]
     if problems:
         raise SpecError(source, problems)
     return ExperimentSpec.model_validate(raw)
@@ -454,9 +467,21 @@ def _is_spec_path(path: str) -> bool:
 
 
 def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
-    """The sweep's points as override dicts (one empty dict when there is no grid)."""
+    """The sweep's points as override dicts: the grid's product, crossed with the variants (one
+    empty dict when there is neither)."""
     grid = spec.sweep.grid
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    variants = list(spec.sweep.variants.values()) or [{}]
+    return [{**point, **variant} for point in points for variant in variants]
+
+
+def point_labels(spec: ExperimentSpec) -> list[str]:
+    """A readable name for each of `grid_points`, in the same order."""
+    grid = spec.sweep.grid
+    labels = [", ".join(f"{k}={v}" for k, v in zip(grid, values)) for values in itertools.product(*grid.values())]
+    names = list(spec.sweep.variants) or [None]
+    return [", ".join(x for x in (label, name and f"variant {name}") if x) or "single run"
+            for label in labels for name in names]
 
 
 def with_overrides(spec: ExperimentSpec, overrides: dict[str, Any], source: str = "overrides") -> ExperimentSpec:
@@ -493,6 +518,15 @@ def load_spec(path: str | Path) -> ExperimentSpec:
                 if problem not in problems:  # only what this value adds to the base spec's problems
                     inner = problem[len(path_) :] if problem.startswith(path_) else f": {problem}"
                     problems.append(f"sweep.grid.{path_}[{i}]{inner}")
+    variants = raw.get("sweep", {}).get("variants") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else None
+    for name, overrides in (variants.items() if isinstance(variants, dict) else ()):
+        changed = raw
+        for path_, value in (overrides.items() if isinstance(overrides, dict) else ()):
+            if not _is_spec_path(path_):
+                problems.append(f"sweep.variants.{name}.{path_}: not a field of the spec")
+                continue
+            changed = _set_path(changed, path_, value)
+        problems += [f"sweep.variants.{name}: {problem}" for problem in _problems(changed) if problem not in problems]
     if problems:
         raise SpecError(source, problems)
     return ExperimentSpec.model_validate(raw)

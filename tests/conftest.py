@@ -39,16 +39,18 @@ def demo_prepared(ray_session, demo_spec):
     return prepare(demo_spec, say=lambda line: None)
 
 
-def _write_run(experiment, run_id, size, lr, aucs, baseline, complete=True, failed_task=None, languages=8):
+def _write_run(experiment, run_id, size, lr, aucs, baseline, complete=True, failed_task=None, languages=8,
+               label=None, loss_offset=0.0):
     """A run directory as a run writes it: spec, metrics (with a torn last line), probe and
     diagnostics rows after every `languages`-th task."""
     run = experiment / run_id
     run.mkdir(parents=True)
     from plasticity_ray.spec import ExperimentSpec
 
-    spec = ExperimentSpec(name="e", model={"size": size}, optimizer={"lr": lr})
+    spec = ExperimentSpec(name="e", model={"size": size}, optimizer={"lr": lr}, label=label)
     (run / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
-    rows = [{"task": t, "step": 16, "loss": 5.0 - t / 10, "tokens_seen": (t + 1) * 1000, "time": t} for t in range(8)]
+    rows = [{"task": t, "cycle": t // languages, "step": 16, "loss": 5.0 - t / 10 + loss_offset, "tokens_seen": (t + 1) * 1000, "time": t}
+            for t in range(8)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"task": 9, "st')  # torn line
     if complete:
         (run / "complete.json").write_text("{}")

@@ -121,3 +121,23 @@ def test_grid_points_are_the_cartesian_product():
     assert len(points) == 6
     assert {"model.size": "12M", "seed": 2} in points
     assert grid_points(ExperimentSpec(name="x")) == [{}]
+
+
+def test_variants_cross_the_grid_and_bad_variants_name_their_field(tmp_path):
+    from plasticity_ray.spec import point_labels
+
+    good = tmp_path / "good.yaml"
+    good.write_text("name: v\nsweep:\n  grid: {seed: [0, 1]}\n  variants:\n    none: {}\n"
+                    "    sp: {mitigations: [{name: shrink_perturb}]}\n")
+    spec = load_spec(good)
+    assert grid_points(spec) == [{"seed": 0}, {"seed": 0, "mitigations": [{"name": "shrink_perturb"}]},
+                                 {"seed": 1}, {"seed": 1, "mitigations": [{"name": "shrink_perturb"}]}]
+    assert point_labels(spec) == ["seed=0, variant none", "seed=0, variant sp", "seed=1, variant none",
+                                  "seed=1, variant sp"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: v\nsweep:\n  variants:\n    a: {optimizer.weight_decya: 1.0}\n"
+                   "    b: {mitigations: [{name: redo, every: 0}]}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(bad)
+    assert err.value.problems == ["sweep.variants.a.optimizer.weight_decya: not a field of the spec",
+                                  "sweep.variants.b: mitigations[0].every: must be greater than 0"]

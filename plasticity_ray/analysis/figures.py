@@ -221,3 +221,32 @@ def fig_fits(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
            title=f"Four models of the onset (best by leave-one-out RMSE: {fits['best']})")
     ax.legend(fontsize=8)
     return fig
+
+
+def fig_mitigations(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
+    """% change of probe AUC vs cycle per variant (mean over seeds), one panel per size."""
+    chosen = [r for r in _continual(runs, least=2)]
+    if len({r.variant for r in chosen}) < 2:
+        raise Skip("every run has the same variant: nothing to compare")
+    sizes = sorted({r.size for r in chosen}, key=lambda s: next(r.params for r in chosen if r.size == s))
+    fig, axes = _panels(len(sizes), width=6.0, height=4.2)
+    for ax, size in zip(axes, sizes):
+        variants = sorted({r.variant for r in chosen if r.size == size}, key=lambda v: (v != "none", v))
+        for variant in variants:
+            members = [r for r in chosen if r.size == size and r.variant == variant]
+            by_cycle: dict[float, list[float]] = {}
+            for run in members:
+                for probe, change in zip(run.probes, percent_change([p["auc"] for p in run.probes])):
+                    by_cycle.setdefault(run.cycles(probe), []).append(change)
+            xs = sorted(by_cycle)
+            onset = [onsets[r.trial_id].task_instance for r in members if onsets[r.trial_id].task_instance]
+            note = f", onset {sum(onset) / len(onset) / members[0].languages:.2g} cycles" if onset else ""
+            ax.plot(xs, [sum(by_cycle[x]) / len(by_cycle[x]) for x in xs], marker="o", ms=3,
+                    lw=2.5 if variant == "none" else 1.5, color="black" if variant == "none" else None,
+                    label=f"{variant} ({len(members)} run{'s' if len(members) > 1 else ''}{note})")
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="cycles trained", ylabel="% change in probe AUC vs first probe", title=size)
+        ax.legend(fontsize=7)
+    fig.suptitle("Which mitigation keeps plasticity? (lower = learns the probe language faster)")
+    fig.tight_layout()
+    return fig

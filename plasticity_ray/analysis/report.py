@@ -31,6 +31,8 @@ RUN_FIGURES = [
      "last probe point.", figures.fig_attention),
     ("fig9_onset", "Probe AUC divided by the probe-language-alone AUC, its centred moving average (window 3) and "
      "the onset: the minimum of the smoothed curve (Appendix B).", figures.fig_onset_curves),
+    ("fig_mitigations", "% change of the probe AUC against cycles for each variant (mitigation), mean over "
+     "seeds, one panel per size: a flatter line keeps more plasticity.", figures.fig_mitigations),
 ]
 FIT_FIGURES = [
     ("fig3_onset_scaling", "Onset against non-embedding parameters on log-log axes with the log-log fit.",
@@ -46,6 +48,7 @@ class Analysis:
     fits: dict | None
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (figure or table, why)
+    mitigations: list[dict] = field(default_factory=list)
 
 
 def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
@@ -61,6 +64,43 @@ def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
             "status": o.status, "message": o.message,
         })
     return rows, onsets
+
+
+MITIGATION_COLUMNS = ["size", "variant", "runs", "onset_tasks", "onsets", "final_auc_change_percent",
+                      "last_cycle_train_loss", "train_loss_cost_percent"]
+
+
+def mitigation_table(runs: list[Run], onsets: dict[str, Onset]) -> list[dict]:
+    """Per size and variant (mean over seeds): the onset, the last probe's AUC change (Eq. 1), and
+    the last cycle's train loss with its cost relative to the size's "none" variant."""
+    from plasticity_ray.analysis.onset import percent_change
+
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        if run.mode == "continual" and run.probes:
+            groups.setdefault((run.size, run.variant), []).append(run)
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    rows = []
+    for (size, variant), members in sorted(groups.items(), key=lambda item: (item[1][0].params, item[0][1] != "none",
+                                                                              item[0][1])):
+        found = [onsets[r.trial_id].task_instance for r in members]
+        rows.append({
+            "size": size, "variant": variant, "runs": len(members),
+            "onset_tasks": mean(found),
+            "onsets": " ".join(str(t) if t is not None else onsets[r.trial_id].status for t, r in zip(found, members)),
+            "final_auc_change_percent": mean([percent_change([p["auc"] for p in r.probes])[-1] for r in members]),
+            "last_cycle_train_loss": mean([r.last_cycle_loss() for r in members]),
+        })
+    for row in rows:
+        baseline = next((r["last_cycle_train_loss"] for r in rows if r["size"] == row["size"] and r["variant"] == "none"),
+                        None)
+        loss = row["last_cycle_train_loss"]
+        row["train_loss_cost_percent"] = 100 * (loss / baseline - 1) if baseline and loss is not None else None
+    return rows
 
 
 def language_table(runs: list[Run]) -> list[dict]:
@@ -116,6 +156,13 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Calla
     else:
         result.skipped.append(("auc_by_language.csv", "every probe follows the same language"))
 
+    result.mitigations = mitigation_table(runs, onsets)
+    if len({r["variant"] for r in result.mitigations}) > 1:
+        write_bytes_atomic(out_dir / "mitigations.csv", _csv(result.mitigations, MITIGATION_COLUMNS))
+        result.written.append(out_dir / "mitigations.csv")
+    else:
+        result.skipped.append(("mitigations.csv", "every run has the same variant: nothing to compare"))
+
     found = [r for r in rows if r["onset_tasks"] is not None and r["mode"] == "continual"]
     if len({r["params"] for r in found}) >= 3:
         result.fits = fit_onsets([r["params"] for r in found], [r["onset_tasks"] for r in found])
@@ -141,6 +188,10 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Calla
     return result
 
 
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> str:
     lines = [f"# Plasticity analysis of {', '.join(d.name for d in experiment_dirs)}", "",
              "## Onsets", "", "| run | size | params | probes | onset (tasks) | onset (tokens) | note |",
@@ -156,6 +207,15 @@ def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> s
             lines.append(f"| {name} | {m['formula']} | {m['a']:.5g} | {m['se_a']:.4g} | {m['b']:.5g} | {m['se_b']:.4g} "
                          f"| {m['r2']:.4f} | {m['rmse']:.3f} | {m['loo_rmse']:.3f} |")
         lines.append(f"\nBest by leave-one-out RMSE: **{result.fits['best']}**.")
+    if len({r["variant"] for r in result.mitigations}) > 1:
+        lines += ["", "## Mitigations", "", "Mean over seeds; cost = last-cycle train loss relative to `none`.", "",
+                  "| size | variant | runs | onset (tasks) | per run | final AUC change % | last-cycle train loss | cost % |",
+                  "|---|---|---:|---:|---|---:|---:|---:|"]
+        for r in result.mitigations:
+            cells = [r["size"], r["variant"], r["runs"], _fmt(r["onset_tasks"], ".1f"), r["onsets"],
+                     _fmt(r["final_auc_change_percent"], "+.2f"), _fmt(r["last_cycle_train_loss"], ".4f"),
+                     _fmt(r["train_loss_cost_percent"], "+.2f")]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     if len({r["preceding_language"] for r in by_language}) > 1:
         lines += ["", "## Probe AUC by the preceding language (Table III)", "", "| size | language | probes | mean AUC |",
                   "|---|---|---:|---:|"]

@@ -46,11 +46,17 @@ class Run:
         return self.spec["schedule"]["tokens_per_task"]
 
     @property
+    def variant(self) -> str:
+        """What the run changes: its sweep variant's name, else its mitigations ("none")."""
+        from plasticity_ray.mitigations import label
+
+        return self.spec.get("label") or label(self.spec)
+
+    @property
     def label(self) -> str:
         lr = self.spec["optimizer"]["lr"]
         lr = resolve_size(self.size).paper_lr if lr == "paper" else lr
-        mitigations = [m["name"] for m in self.spec.get("mitigations", [])]
-        extra = f", {'+'.join(mitigations)}" if mitigations else ""
+        extra = f", {self.variant}" if self.variant != "none" else ""
         return f"{self.size} (lr {lr:.2g}, seed {self.spec['seed']}{extra})"
 
     def tasks_trained(self, probe: dict) -> int:
@@ -58,6 +64,14 @@ class Run:
 
     def cycles(self, probe: dict) -> float:
         return self.tasks_trained(probe) / self.languages
+
+    def last_cycle_loss(self) -> float | None:
+        """Mean training loss over the last cycle's metric rows (the train-loss cost of a mitigation)."""
+        if not self.metrics:
+            return None
+        last = max(r["cycle"] for r in self.metrics)
+        losses = [r["loss"] for r in self.metrics if r["cycle"] == last]
+        return sum(losses) / len(losses)
 
 
 def load_run(path: Path) -> Run:

@@ -17,7 +17,7 @@ from plasticity_ray.storage import write_bytes_atomic
 from plasticity_ray.train.loop import COMPLETE_FILE
 from plasticity_ray.train.metrics import read_rows as read_metric_rows
 
-TRIAL_COLUMNS = ["trial_id", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "val_score",
+TRIAL_COLUMNS = ["trial_id", "label", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "val_score",
                  "probes_done", "latest_auc", "auc_change_percent"]
 PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "language", "auc", "normalized_auc",
                  "auc_change_percent", "weight_magnitude", "dormant_percent", "lazy_heads_percent",
@@ -64,8 +64,8 @@ def trial(run_dir: Path) -> tuple[dict, list[dict]]:
 
         lr = resolve_size(spec["model"]["size"]).paper_lr
     row = {
-        "trial_id": run_dir.name, "size": spec["model"]["size"], "lr": lr, "seed": spec["seed"],
-        "status": "complete" if (run_dir / COMPLETE_FILE).exists() else "incomplete",
+        "trial_id": run_dir.name, "label": spec.get("label"), "size": spec["model"]["size"], "lr": lr,
+        "seed": spec["seed"], "status": "complete" if (run_dir / COMPLETE_FILE).exists() else "incomplete",
         "tokens_seen": metrics[-1]["tokens_seen"] if metrics else 0,
         "last_train_loss": metrics[-1]["loss"] if metrics else None,
         "val_score": sum(val_losses[-VAL_SCORE_LAST:]) / len(val_losses[-VAL_SCORE_LAST:]) if val_losses else None,

@@ -27,6 +27,7 @@ from plasticity_ray.sweep.results import trial
 from plasticity_ray.train.launch import experiment_dir, run_dir, run_training
 
 TUNE_DIR = "tune"  # <experiment dir>/tune: Tune's own state, result tables and TensorBoard files
+VARIANT = "variant"  # the trial config key naming one of sweep.variants
 
 
 class _TrialReport(TuneReportCallback):
@@ -48,8 +49,13 @@ def _tune_row(directory: Path) -> dict:
 
 
 def run_trial(config: dict, base: dict) -> None:
-    """One trial: the base spec with the trial's dotted-path overrides, trained to the end."""
-    spec = with_overrides(ExperimentSpec.model_validate(base), config, source="sweep point")
+    """One trial: the base spec with the trial's dotted-path overrides (and its variant's), trained
+    to the end."""
+    base_spec = ExperimentSpec.model_validate(base)
+    overrides = {k: v for k, v in config.items() if k != VARIANT}
+    if VARIANT in config:
+        overrides.update({**base_spec.sweep.variants[config[VARIANT]], "label": config[VARIANT]})
+    spec = with_overrides(base_spec, overrides, source="sweep point")
     directory = run_dir(spec)
     summary = run_training(spec, say=print, callbacks=[_TrialReport(str(directory))])
     if not summary.complete:
@@ -58,8 +64,12 @@ def run_trial(config: dict, base: dict) -> None:
 
 
 def search_space(spec: ExperimentSpec) -> dict[str, Any]:
-    """The grid as Tune grid searches over dotted spec paths (their product is `grid_points`)."""
-    return {path: tune.grid_search(list(values)) for path, values in spec.sweep.grid.items()}
+    """The grid as Tune grid searches over dotted spec paths, and one over the variants' names
+    (their product is `grid_points`)."""
+    space = {path: tune.grid_search(list(values)) for path, values in spec.sweep.grid.items()}
+    if spec.sweep.variants:
+        space[VARIANT] = tune.grid_search(list(spec.sweep.variants))
+    return space
 
 
 def per_trial(spec: ExperimentSpec) -> dict[str, float]:

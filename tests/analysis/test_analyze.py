@@ -55,3 +55,23 @@ def test_several_experiments_combine_into_the_scaling_fit(experiments, tmp_path)
 def test_a_directory_without_runs_is_a_clear_error(tmp_path, capsys):
     assert main(["analyze", str(tmp_path)]) == 2
     assert "no runs in" in capsys.readouterr().err
+
+
+def test_variants_are_compared_side_by_side(tmp_path, write_run, capsys):
+    root = tmp_path / "m"
+    write_run(root, "none_0", "5M", "paper", CURVES["5M"], baseline=3.5, label="none")
+    write_run(root, "none_1", "5M", "paper", CURVES["12M"], baseline=3.5, label="none")
+    write_run(root, "sp_0", "5M", "paper", CURVES["27M"], baseline=3.5, label="shrink_perturb", loss_offset=0.5)
+    assert main(["analyze", str(root)]) == 0
+    with open(root / "analysis" / "mitigations.csv") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["none", "shrink_perturb"]
+    assert rows["none"]["runs"] == "2" and float(rows["none"]["onset_tasks"]) == (24 + 32) / 2
+    assert rows["none"]["onsets"] == "24 32" and float(rows["shrink_perturb"]["onset_tasks"]) == 48
+    last_change = 100 * (CURVES["27M"][-1] / CURVES["27M"][0] - 1)
+    assert float(rows["shrink_perturb"]["final_auc_change_percent"]) == pytest.approx(last_change)
+    # The written runs' 8 metric rows are all in cycle 0: mean loss 5.0 - 0.35 = 4.65, 5.15 with the offset.
+    assert float(rows["none"]["last_cycle_train_loss"]) == pytest.approx(4.65)
+    assert float(rows["shrink_perturb"]["train_loss_cost_percent"]) == pytest.approx(100 * (5.15 / 4.65 - 1))
+    assert (root / "analysis" / "fig_mitigations.png").exists()
+    assert "## Mitigations" in (root / "analysis" / "report.md").read_text()

@@ -117,8 +117,11 @@ def test_the_probe_service_is_closed_after_the_sweep(killed_once, ray_session):
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(demo_prepared, demo_spec, tmp_path, ray_session):
+    # Two named variants instead of a grid: they go through Tune as a grid search over their names.
     spec = _tiny(demo_spec, tmp_path, **{"sweep.max_concurrent_trials": 1, "probe.enabled": False,
-                                         "schedule.cycles": 2, "name": "resumed"})
+                                         "schedule.cycles": 2, "name": "resumed", "sweep.grid": {},
+                                         "sweep.variants": {"small": {"model.size": "L1-d64"},
+                                                            "wider": {"model.size": "L2-d64"}}})
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
@@ -148,6 +151,8 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(demo_pre
     assert "already complete" not in resumed.stdout  # Tune did not even start the finished trial
     assert len(list(experiment.glob(f"*/{COMPLETE_FILE}"))) == 2
     assert (finished[0] / "metrics.jsonl").read_bytes() == finished_metrics
+    trials = _results_json(experiment)["trials"]
+    assert {(t["label"], t["size"]) for t in trials} == {("small", "L1-d64"), ("wider", "L2-d64")}
 
 
 def test_optuna_searches_the_learning_rate_per_size(demo_prepared, demo_spec, tmp_path):
