@@ -270,8 +270,20 @@ class ReDo(_Section):
     threshold: Annotated[float, Ge(0)] = 0.0
 
 
-Mitigation = Annotated[Union[WeightClipping, ShrinkPerturb, ReDo], Field(discriminator="name")]
-MITIGATION_NAMES = ("weight_clipping", "shrink_perturb", "redo")
+class ContinualBackprop(_Section):
+    """Dohare et al. 2024: every step, each MLP unit's contribution utility
+    u ← decay·u + (1 − decay)·|h|·Σ|w_out| is updated, and a fraction `replacement_rate` of the
+    units older than `maturity_threshold` steps — those with the lowest utility — is re-initialised
+    (fresh incoming weights, zero outgoing weights, zeroed Adam moments, age and utility 0)."""
+
+    name: Literal["continual_backprop"]
+    replacement_rate: Annotated[float, Gt(0), Lt(1)] = 1e-4
+    maturity_threshold: PositiveInt = 100
+    decay_rate: Annotated[float, Ge(0), Lt(1)] = 0.99
+
+
+Mitigation = Annotated[Union[WeightClipping, ShrinkPerturb, ReDo, ContinualBackprop], Field(discriminator="name")]
+MITIGATION_NAMES = ("weight_clipping", "shrink_perturb", "redo", "continual_backprop")
 
 
 class ExperimentSpec(_Section):

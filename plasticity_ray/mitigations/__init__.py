@@ -3,18 +3,22 @@
 Each module holds one: a small function of the hook event that changes the model (and optimizer
 state) in place. They run on every rank and do the same thing everywhere: decisions come from
 all-reduced statistics and random draws from generators seeded by the run's seed and the step or
-task, so DDP replicas stay identical and a resumed run repeats them exactly. To add one: a typed
-section in `spec.py` (added to the `Mitigation` union), a module here, and a line in `hooks_for`.
+task, so DDP replicas stay identical and a resumed run repeats them exactly. A hook that keeps
+state (Continual Backprop's utilities) is an object with `attach(model)`, `state_dict()` and
+`load_state_dict(state, device)`; the trainer attaches it and keeps its state in every checkpoint.
+To add one: a typed section in `spec.py` (added to the `Mitigation` union), a module here, and a
+line in `hooks_for`.
 """
 
 from __future__ import annotations
 
-from plasticity_ray.spec import ExperimentSpec, ReDo, ShrinkPerturb, WeightClipping
+from plasticity_ray.spec import ContinualBackprop, ExperimentSpec, ReDo, ShrinkPerturb, WeightClipping
 from plasticity_ray.train.hooks import Hooks
 
 
 def hooks_for(spec: ExperimentSpec) -> Hooks:
     from plasticity_ray.mitigations import redo, shrink_perturb, weight_clipping
+    from plasticity_ray.mitigations.continual_backprop import ContinualBackpropHook
 
     hooks = Hooks()
     for mitigation in spec.mitigations:
@@ -24,6 +28,8 @@ def hooks_for(spec: ExperimentSpec) -> Hooks:
             hooks.task_end.append(shrink_perturb.hook(mitigation, spec.seed))
         elif isinstance(mitigation, ReDo):
             hooks.step_end.append(redo.hook(mitigation, spec.seed))
+        elif isinstance(mitigation, ContinualBackprop):
+            hooks.step_end.append(ContinualBackpropHook(mitigation, spec.seed))
     return hooks
 
 

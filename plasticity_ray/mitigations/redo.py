@@ -30,30 +30,36 @@ def dormant_masks(model, rows: torch.Tensor, threshold: float) -> list[torch.Ten
     return masks
 
 
-def _zero_moments(optimizer, param: torch.Tensor, index, dim: int) -> None:
+def zero_moments(optimizer, param: torch.Tensor, index, dim: int) -> None:
     state = optimizer.state.get(param, {})
     for key in ("exp_avg", "exp_avg_sq"):
         if key in state:
             state[key].index_fill_(dim, index, 0.0)
 
 
+def reinitialise_units(model, optimizer, layer: int, index: torch.Tensor, g: torch.Generator) -> None:
+    """Fresh incoming weights and zero bias for MLP units `index` of `layer`, zero outgoing weights,
+    and zeroed Adam moments for all of them: the network's function is unchanged."""
+    block = model.blocks[layer]
+    fc, proj = block.mlp.fc, block.mlp.proj
+    with torch.no_grad():
+        name = f"blocks.{layer}.mlp.fc.weight"
+        fc.weight[index] = fresh_like(model, name, (index.numel(), fc.weight.size(1)), fc.weight, g)
+        fc.bias[index] = 0.0
+        proj.weight[:, index] = 0.0
+    zero_moments(optimizer, fc.weight, index, 0)
+    zero_moments(optimizer, fc.bias, index, 0)
+    zero_moments(optimizer, proj.weight, index, 1)
+
+
 def recycle(model, optimizer, masks: list[torch.Tensor], g: torch.Generator) -> int:
     """Reinitialise the masked units; returns how many."""
     total = 0
-    with torch.no_grad():
-        for i, (block, mask) in enumerate(zip(model.blocks, masks)):
-            index = mask.nonzero().flatten()
-            if index.numel() == 0:
-                continue
+    for layer, mask in enumerate(masks):
+        index = mask.nonzero().flatten()
+        if index.numel():
+            reinitialise_units(model, optimizer, layer, index, g)
             total += index.numel()
-            fc, proj = block.mlp.fc, block.mlp.proj
-            name = f"blocks.{i}.mlp.fc.weight"
-            fc.weight[index] = fresh_like(model, name, (index.numel(), fc.weight.size(1)), fc.weight, g)
-            fc.bias[index] = 0.0
-            proj.weight[:, index] = 0.0
-            _zero_moments(optimizer, fc.weight, index, 0)
-            _zero_moments(optimizer, fc.bias, index, 0)
-            _zero_moments(optimizer, proj.weight, index, 1)
     return total
 
 

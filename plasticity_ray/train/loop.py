@@ -113,17 +113,22 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, spec, device)
         self.position = checkpoint.Position(0, 0)
         self.counters: dict[str, int] = {}  # running totals that hooks return, e.g. redo_recycled
+        self.stateful = [h for h in hooks.step_end + hooks.task_end if hasattr(h, "state_dict")]
         latest = checkpoint.checkpoints(run_dir)
         if latest:
             state = checkpoint.load(latest[-1], self.model, self.cfg, self.optimizer)
             self.position = checkpoint.Position(**state["position"])
             self.counters = dict(state.get("counters", {}))
+            for hook, hook_state in zip(self.stateful, state.get("hooks", [])):
+                hook.load_state_dict(hook_state, device)
             torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
         self.share = spec.global_sequences // world_size
         self.micro_batch = (
             auto_micro_batch(self.model, self.share, spec.data.seq_len, device, self.precision)
             if spec.batch.micro_batch == "auto" else min(spec.batch.micro_batch, self.share)
         )
+        for hook in self.stateful:
+            hook.attach(self.model)  # before compiling: its forward hooks are part of the graph
         if spec.train.compile is True or (spec.train.compile == "auto" and device.type == "cuda"):
             compile_blocks(self.model)
         self.train_model: torch.nn.Module = self.model
@@ -257,7 +262,7 @@ class Trainer:
         return {"model": checkpoint.model_signature(self.cfg), "position": vars(position),
                 "size": self.spec.model.size, "lr": self.spec.lr, "seed": self.spec.seed,
                 "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-                "counters": self.counters}
+                "counters": self.counters, "hooks": [h.state_dict() for h in self.stateful]}
 
     def _count(self, counts: dict[str, int] | None) -> None:
         for key, value in (counts or {}).items():

@@ -18,6 +18,7 @@ MITIGATIONS = [
     {"name": "weight_clipping", "kappa": 3.0},
     {"name": "shrink_perturb", "shrink": 0.8, "noise": 0.01},
     {"name": "redo", "every": 3, "threshold": 0.5},  # a generous threshold: some units are recycled
+    {"name": "continual_backprop", "replacement_rate": 0.01, "maturity_threshold": 4},  # state in checkpoints
 ]
 
 
@@ -46,6 +47,7 @@ def test_mitigations_acted(runs):
     assert summary.complete
     rows = read_rows(run_dir(spec) / "metrics.jsonl")
     assert rows[-1]["redo_recycled"] > 0  # ReDo recycled units during the run
+    assert rows[-1]["cbp_replaced"] > 0
     weights = _final(spec)
     fc = weights["blocks.0.mlp.fc.weight"]
     # Clipping bounds every normally initialised weight; shrink-perturb ran last (end of the last task).
@@ -66,3 +68,4 @@ def test_a_crash_and_resume_ends_bitwise_equal_to_the_uninterrupted_run(runs):
     rows_a = read_rows(run_dir(straight) / "metrics.jsonl")
     rows_b = read_rows(run_dir(crashed) / "metrics.jsonl")
     assert rows_a[-1]["redo_recycled"] == rows_b[-1]["redo_recycled"]
+    assert rows_a[-1]["cbp_replaced"] == rows_b[-1]["cbp_replaced"]

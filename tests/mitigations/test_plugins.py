@@ -99,6 +99,53 @@ def test_redo_runs_every_n_steps_from_the_hook():
     assert torch.equal(before["blocks.0.mlp.fc.weight"][4:], fc.weight[4:])
 
 
+def _train_step(model, optimizer, rows):
+    model(rows[:, :-1], targets=rows[:, 1:]).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_continual_backprop_replaces_the_least_useful_mature_unit():
+    from plasticity_ray.mitigations.continual_backprop import ContinualBackpropHook
+    from plasticity_ray.spec import ContinualBackprop
+
+    model = _model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # 1/256 of the 256 units of a layer per step: exactly one unit is due once all are mature.
+    hook = ContinualBackpropHook(ContinualBackprop(name="continual_backprop", replacement_rate=1 / 256,
+                                                   maturity_threshold=1, decay_rate=0.5), seed=0)
+    hook.attach(model)
+    fc, proj = model.blocks[0].mlp.fc, model.blocks[0].mlp.proj
+    with torch.no_grad():
+        proj.weight[:, 5] = 0.0  # unit 5 of layer 0 contributes nothing: the lowest utility
+    rows = _rows()
+    _train_step(model, optimizer, rows)
+    assert hook(StepEnd(model, optimizer, None, 0, 0, rows)) == {"cbp_replaced": 0}  # age 1: not yet mature
+    proj.weight.data[:, 5] = 0.0  # keep it useless through the optimizer step
+    _train_step(model, optimizer, rows)
+    incoming_before = fc.weight[5].clone()
+    assert hook(StepEnd(model, optimizer, None, 1, 1, rows)) == {"cbp_replaced": 2}  # one per layer
+    assert not torch.equal(fc.weight[5], incoming_before) and torch.equal(proj.weight[:, 5], torch.zeros(64))
+    assert optimizer.state[fc.weight]["exp_avg"][5].abs().sum() == 0
+    assert hook.age[0][5] == 0 and hook.age[0][4] == 2 and hook.utility[0][5] == 0
+    restored = ContinualBackpropHook(hook.spec, seed=0)
+    restored.load_state_dict(hook.state_dict(), torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(restored.utility + restored.age, hook.utility + hook.age))
+    assert restored.due == hook.due
+
+
+def test_continual_backprop_ignores_evaluation_forwards():
+    from plasticity_ray.mitigations.continual_backprop import ContinualBackpropHook
+    from plasticity_ray.spec import ContinualBackprop
+    from plasticity_ray.train.recipe import evaluate
+
+    model = _model()
+    hook = ContinualBackpropHook(ContinualBackprop(name="continual_backprop"), seed=0)
+    hook.attach(model)
+    evaluate(model, _rows(), micro_batch=2)
+    assert hook._forwards == 0 and all(s.sum() == 0 for s in hook._sums)
+
+
 def test_the_attention_sink_keeps_the_model_causal_and_learns():
     model = _model(sink=True)
     rows = _rows()
