@@ -206,6 +206,19 @@ class TrainSpec(_Section):
     eval_sequences: PositiveInt = 64
 
 
+class AlarmSpec(_Section):
+    """Online plasticity alarms: signals measured at every task end from what training already has,
+    and an alarm row when one crosses its threshold (None turns that alarm off)."""
+
+    enabled: bool = True
+    window: PositiveInt = 50  # steps: the adaptation signal compares the loss after this many steps
+    near_zero: PositiveFloat = 0.01  # |GeLU output| below this counts as a near-zero activation
+    grad_norm_ratio_above: PositiveFloat | None = 3.0  # task's mean gradient norm ÷ the first task's
+    near_zero_fraction_above: Annotated[float, Gt(0), Lt(1)] | None = 0.5  # of MLP activations, last batch
+    # Loss drop over a task's first `window` steps ÷ the same language's drop on its first visit.
+    adaptation_ratio_below: PositiveFloat | None = 0.5
+
+
 class DebugSpec(_Section):
     fail_at_step: Annotated[int, Ge(0)] | None = None  # crash one worker once at this global step
     fail_by: Literal["exception", "sigkill"] = "exception"  # sigkill: the worker process dies outright
@@ -301,6 +314,7 @@ class ExperimentSpec(_Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     debug: DebugSpec = Field(default_factory=DebugSpec)
+    alarms: AlarmSpec = Field(default_factory=AlarmSpec)
     mitigations: list[Mitigation] = Field(default_factory=list)  # applied in the listed order
     label: str | None = None  # the run's name in tables and figures (a sweep sets its variant's name)
 

@@ -17,7 +17,7 @@ from plasticity_ray.analysis.runs import Run, load_runs
 from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
 
 ONSET_COLUMNS = ["trial_id", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
-                 "message"]
+                 "first_alarm_tasks", "alarm_lead_tasks", "message"]
 
 # (file stem, caption, drawing function)
 RUN_FIGURES = [
@@ -62,6 +62,7 @@ def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
             "lr": lr, "seed": run.spec["seed"], "probes": len(run.probes), "onset_tasks": o.task_instance,
             "onset_tokens": o.task_instance * run.tokens_per_task if o.task_instance is not None else None,
             "status": o.status, "message": o.message,
+            **_alarm_lead(run, o),
         })
     return rows, onsets
 
@@ -101,6 +102,14 @@ def mitigation_table(runs: list[Run], onsets: dict[str, Onset]) -> list[dict]:
         loss = row["last_cycle_train_loss"]
         row["train_loss_cost_percent"] = 100 * (loss / baseline - 1) if baseline and loss is not None else None
     return rows
+
+
+def _alarm_lead(run: Run, onset: Onset) -> dict:
+    """When the first alarm fired (tasks trained) and how many tasks before the probe-measured onset:
+    positive = an early warning."""
+    first = run.alarms[0]["task"] + 1 if run.alarms else None
+    lead = onset.task_instance - first if first is not None and onset.task_instance is not None else None
+    return {"first_alarm_tasks": first, "alarm_lead_tasks": lead}
 
 
 def language_table(runs: list[Run]) -> list[dict]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from plasticity_ray.model.sizes import resolve_size
 from plasticity_ray.probe.service import read_rows as read_job_rows
 from plasticity_ray.sweep.results import run_dirs
+from plasticity_ray.train.alarms import read_alarms
 from plasticity_ray.train.metrics import read_rows as read_metric_rows
 
 
@@ -20,6 +21,7 @@ class Run:
     baseline: float | None
     diagnostics: dict[int, dict]  # task index → ok diagnostics row
     metrics: list[dict] = field(default_factory=list)
+    alarms: list[dict] = field(default_factory=list)
 
     @property
     def trial_id(self) -> str:
@@ -80,7 +82,8 @@ def load_run(path: Path) -> Run:
     points = sorted((r for r in probes if r.get("task_index") is not None), key=lambda r: r["task_index"])
     diagnostics = {r["task_index"]: r for r in read_job_rows(path, "diagnostics") if r.get("status") == "ok"}
     metrics = [r for r in read_metric_rows(path / "metrics.jsonl") if "loss" in r]
-    return Run(path, json.loads((path / "spec.json").read_text()), points, baseline, diagnostics, metrics)
+    return Run(path, json.loads((path / "spec.json").read_text()), points, baseline, diagnostics, metrics,
+               read_alarms(path))
 
 
 def load_runs(experiment_dirs: list[Path]) -> list[Run]:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from plasticity_ray.probe.service import read_rows as read_job_rows
 from plasticity_ray.storage import write_bytes_atomic
+from plasticity_ray.train.alarms import read_alarms
 from plasticity_ray.train.loop import COMPLETE_FILE
 from plasticity_ray.train.metrics import read_rows as read_metric_rows
 
 TRIAL_COLUMNS = ["trial_id", "label", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "val_score",
-                 "probes_done", "latest_auc", "auc_change_percent"]
+                 "probes_done", "latest_auc", "auc_change_percent", "alarms", "first_alarm"]
 PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "language", "auc", "normalized_auc",
                  "auc_change_percent", "weight_magnitude", "dormant_percent", "lazy_heads_percent",
                  "collapsed_heads_percent", "weight_distance"]
@@ -70,6 +71,10 @@ def trial(run_dir: Path) -> tuple[dict, list[dict]]:
         "last_train_loss": metrics[-1]["loss"] if metrics else None,
         "val_score": sum(val_losses[-VAL_SCORE_LAST:]) / len(val_losses[-VAL_SCORE_LAST:]) if val_losses else None,
     }
+    alarms = read_alarms(run_dir)
+    first = alarms[0] if alarms else None
+    row["alarms"] = len(alarms)
+    row["first_alarm"] = f"{first['signal']} after task {first['task'] + 1}" if first else None
     points = _probe_rows(run_dir, row)
     row.update({
         "probes_done": len(points),

@@ -29,7 +29,7 @@ from plasticity_ray.train.loop import COMPLETE_FILE, model_config, train_worker
 from plasticity_ray.train.metrics import read_rows
 
 # Fields that do not change what is trained: a run keeps its id (and resumes) when only these change.
-_NOT_IN_RUN_ID = {"name", "storage_path", "resources", "train", "sweep", "debug", "diagnostics", "probe", "label"}
+_NOT_IN_RUN_ID = {"name", "storage_path", "resources", "train", "sweep", "debug", "diagnostics", "probe", "label", "alarms"}
 
 
 def run_id(spec: ExperimentSpec) -> str:

@@ -33,7 +33,8 @@ from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import write_json_atomic
 from plasticity_ray.train import checkpoint
 from plasticity_ray.train.hooks import Hooks, ProbePoint, StepEnd, TaskEnd, default_hooks, is_probe_point
-from plasticity_ray.train.metrics import RunLog
+from plasticity_ray.train.alarms import AlarmBook, near_zero_fraction
+from plasticity_ray.train.metrics import RunLog, read_rows
 from plasticity_ray.train.recipe import autocast, evaluate, lr_at, make_optimizer, train_step
 
 CPU_MICRO_BATCH_TOKENS = 2**16
@@ -136,6 +137,9 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.log = RunLog(run_dir) if rank == 0 else None
+        self.alarm_book = AlarmBook(spec.alarms, run_dir) if rank == 0 and spec.alarms.enabled else None
+        self.task_rows: list[dict] = []  # this task's metric rows, for the alarm signals
+        self.last_rows: torch.Tensor | None = None
         self.last_row: dict = {}
         self._validation: dict[str, torch.Tensor] = {}
 
@@ -157,6 +161,8 @@ class Trainer:
             write_json_atomic(self.run_dir / COMPLETE_FILE,
                               {"tasks": spec.tasks, "time": time.time(), "replica_digests": digests})
             self.log.close()
+            if self.alarm_book is not None:
+                self.alarm_book.close()
 
     def _replica_digests(self) -> list[int]:
         """A checksum of every rank's final weights: DDP replicas (and every mitigation's in-place
@@ -179,8 +185,10 @@ class Trainer:
         steps = spec.steps_per_task
         interval_loss = torch.zeros((), device=self.device)
         interval_steps, digest, started = 0, 0, time.perf_counter()
+        self.task_rows = [r for r in read_rows(self.run_dir / "metrics.jsonl")
+                          if r["task"] == task.index and r["step"] <= start] if start and self.rank == 0 else []
         for step, ids in zip(range(start, steps), batches):
-            rows = torch.from_numpy(ids.astype(np.int64)).to(self.device, non_blocking=True)
+            rows = self.last_rows = torch.from_numpy(ids.astype(np.int64)).to(self.device, non_blocking=True)
             lr = lr_at(step, spec.lr, spec.warmup_steps)
             loss, grad_norm = train_step(self.train_model, self.optimizer, list(rows.split(self.micro_batch)), lr,
                                          spec.optimizer.grad_clip, self.precision)
@@ -196,6 +204,7 @@ class Trainer:
             if done % spec.train.log_every == 0 or done == steps:
                 self.last_row = self._log_row(task, done, global_step, lr, interval_loss, interval_steps, grad_norm, digest,
                                               started)
+                self.task_rows.append(self.last_row)
                 interval_loss.zero_()
                 interval_steps, digest, started = 0, 0, time.perf_counter()
             if (global_step + 1) % spec.train.report_every == 0 or global_step + 1 == spec.tasks * steps:
@@ -242,6 +251,12 @@ class Trainer:
 
     def _end_task(self, task: Task) -> None:
         global_step = (task.index + 1) * self.spec.steps_per_task
+        alarms = self.spec.alarms
+        if alarms.enabled:  # measured on the task's last batch, before task-end mitigations change the model
+            near_zero = near_zero_fraction(self.model, self.last_rows[: self.micro_batch], alarms.near_zero)
+            if self.alarm_book is not None:
+                self.alarm_book.record(task, global_step, global_step * self.spec.batch.global_tokens, self.task_rows,
+                                       near_zero)
         for hook in self.hooks.task_end:
             self._count(hook(TaskEnd(self.model, task, global_step)))
         self._checkpoint(global_step, checkpoint.Position(task.index + 1, 0))

@@ -69,3 +69,14 @@ def test_a_crash_and_resume_ends_bitwise_equal_to_the_uninterrupted_run(runs):
     rows_b = read_rows(run_dir(crashed) / "metrics.jsonl")
     assert rows_a[-1]["redo_recycled"] == rows_b[-1]["redo_recycled"]
     assert rows_a[-1]["cbp_replaced"] == rows_b[-1]["cbp_replaced"]
+
+
+def test_alarm_signals_are_measured_every_task_and_repeat_exactly_after_a_resume(runs):
+    from plasticity_ray.train.alarms import SIGNALS_FILE
+
+    (straight, _), (crashed, _) = runs
+    a = read_rows(run_dir(straight) / SIGNALS_FILE, key=("task",))
+    b = read_rows(run_dir(crashed) / SIGNALS_FILE, key=("task",))
+    assert [r["task"] for r in a] == list(range(straight.tasks))
+    assert all(0.0 <= r["near_zero_fraction"] <= 1.0 and r["grad_norm_mean"] > 0 for r in a)
+    assert a == b
