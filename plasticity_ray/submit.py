@@ -21,7 +21,7 @@ UPLOAD_EXCLUDES = [
     "*.pt", "*.parquet", "*.arrow", "events.out.tfevents.*",
 ]
 PENDING_WARNING_S = 15.0
-AGENT_WAIT_S = 60.0
+AGENT_WAIT_S = 180.0  # a loaded head can take minutes to start its job agent
 
 
 class SubmitError(Exception):

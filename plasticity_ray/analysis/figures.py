@@ -134,7 +134,10 @@ def fig_correlates(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
                 if onset is not None:
                     ax.axvline(onset / run.languages, color=line.get_color(), ls=":", lw=1)
         ax.set(xlabel="cycles trained", ylabel=name, title=f"{name} (dotted: onset)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="grey")
     fig.suptitle("Correlates of plasticity loss")
     fig.tight_layout()
     return fig
