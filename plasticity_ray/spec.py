@@ -455,15 +455,6 @@ def _problems(raw: Any) -> list[str]:
 
 def _validate(raw: Any, source: str) -> ExperimentSpec:
     problems = _problems(raw)
-    variants = raw.get("sweep", {}).get("variants") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else None
-    for name, overrides in (variants.items() if isinstance(variants, dict) else ()):
-        changed = raw
-        for path_, value in (overrides.items() if isinstance(overrides, dict) else ()):
-            if not _is_spec_path(path_):
-                problems.append(f"sweep.variants.{name}.{path_}: not a field of the spec")
-                continue
-            changed = _set_path(changed, path_, value)
-        problems += [f"sweep.variants.{name}: {problem}" for problem in _problems(changed) if problem not in problems]
     if problems:
         raise SpecError(source, problems)
     return ExperimentSpec.model_validate(raw)

@@ -42,6 +42,13 @@ def _panels(count: int, width: float = 4.2, height: float = 3.2):
     return fig, list(axes.flat[:count])
 
 
+def _measured(runs: list[Run], diagnostic: str) -> list[Run]:
+    chosen = [r for r in _continual(runs) if any(diagnostic in d for d in r.diagnostics.values())]
+    if not chosen:
+        raise Skip(f"no {diagnostic} diagnostics")
+    return chosen
+
+
 def _integer_ticks(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -53,18 +60,23 @@ def _by_size(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: (r.params, r.trial_id))
 
 
-def fig_auc_change(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
-    """Fig. 2: % change of probe AUC relative to the first probe vs cycle, one line per run."""
-    chosen = _continual(runs, least=2)
+def _change_plot(chosen: list[Run], x, xlabel: str, title: str) -> plt.Figure:
+    """Eq. (1)'s % change of probe AUC against `x(run, probe)`, one line per run."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in _by_size(chosen):
-        ax.plot([run.cycles(p) for p in run.probes], percent_change([p["auc"] for p in run.probes]), marker="o",
+        ax.plot([x(run, p) for p in run.probes], percent_change([p["auc"] for p in run.probes]), marker="o",
                 ms=3, label=run.label)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="cycles trained (each cycle = every language once)", ylabel="% change in probe AUC vs first probe",
-           title="Plasticity over continual training (Eq. 1; above 0 = learns the probe language slower)")
+    ax.set(xlabel=xlabel, ylabel="% change in probe AUC vs first probe", title=title)
     ax.legend(fontsize=8)
     return fig
+
+
+def fig_auc_change(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
+    """Fig. 2: % change of probe AUC relative to the first probe vs cycle, one line per run."""
+    return _change_plot(_continual(runs, least=2), lambda run, p: run.cycles(p),
+                        "cycles trained (each cycle = every language once)",
+                        "Plasticity over continual training (Eq. 1; above 0 = learns the probe language slower)")
 
 
 def fig_stationary(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
@@ -72,15 +84,8 @@ def fig_stationary(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     chosen = [r for r in runs if r.mode == "stationary" and len(r.probes) >= 2]
     if not chosen:
         raise Skip("no stationary run with at least 2 probes")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in _by_size(chosen):
-        ax.plot([p["tokens_seen"] for p in run.probes], percent_change([p["auc"] for p in run.probes]), marker="o",
-                ms=3, label=run.label)
-    ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="tokens trained", ylabel="% change in probe AUC vs first probe",
-           title="Plasticity under a stationary mixture of languages")
-    ax.legend(fontsize=8)
-    return fig
+    return _change_plot(chosen, lambda run, p: p["tokens_seen"], "tokens trained",
+                        "Plasticity under a stationary mixture of languages")
 
 
 def fig_onset_curves(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
@@ -145,9 +150,7 @@ def fig_correlates(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
 
 def fig_dormant_layers(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     """Fig. 6: % dormant units per layer (rows) at each probe (columns), one heatmap per run."""
-    chosen = [r for r in _continual(runs) if any("dormant_units" in d for d in r.diagnostics.values())]
-    if not chosen:
-        raise Skip("no dormant_units diagnostics")
+    chosen = _measured(runs, "dormant_units")
     fig, axes = _panels(len(chosen))
     for ax, run in zip(axes, _by_size(chosen)):
         probes = [p for p in run.probes if "dormant_units" in run.diagnostics.get(p["task_index"], {})]
@@ -164,10 +167,7 @@ def fig_dormant_layers(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
 
 def fig_attention(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     """Fig. 7: % lazy and % collapsed heads vs cycle, and each head's mean entropy at the last probe."""
-    chosen = [r for r in _continual(runs) if any("attention_entropy" in d for d in r.diagnostics.values())]
-    if not chosen:
-        raise Skip("no attention_entropy diagnostics")
-    chosen = _by_size(chosen)[: MAX_PANELS - 2]
+    chosen = _by_size(_measured(runs, "attention_entropy"))[: MAX_PANELS - 2]
     fig, axes = _panels(2 + len(chosen))
     for ax, (name, key) in zip(axes[:2], (("% lazy heads", "lazy_percent"), ("% collapsed heads", "collapsed_percent"))):
         for run in chosen:
@@ -187,16 +187,16 @@ def fig_attention(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     return fig
 
 
-def _fit_points(onset_rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+def _fit_points(onset_rows: list[dict], fits: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    if fits is None:
+        raise Skip("needs onsets of at least 3 runs to fit")
     found = [r for r in onset_rows if r["onset_tasks"] is not None]
     return np.array([r["params"] for r in found], float), np.array([r["onset_tasks"] for r in found], float)
 
 
 def fig_onset_scaling(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
     """Fig. 3: onset vs non-embedding parameters on log-log axes, with the log-log fit."""
-    if fits is None:
-        raise Skip("needs onsets of at least 3 runs to fit")
-    params, onsets = _fit_points(onset_rows)
+    params, onsets = _fit_points(onset_rows, fits)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.loglog(params, onsets, "o", label="onset per run")
     m = fits["models"]["log_log"]
@@ -211,9 +211,7 @@ def fig_onset_scaling(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
 
 def fig_fits(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
     """Fig. 10: the four fitted models over the data."""
-    if fits is None:
-        raise Skip("needs onsets of at least 3 runs to fit")
-    params, onsets = _fit_points(onset_rows)
+    params, onsets = _fit_points(onset_rows, fits)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(params, onsets, "ko", label="onsets")
     grid = np.linspace(params.min(), params.max(), 200)
