@@ -363,13 +363,16 @@ def _analyze(args) -> int:
 
 
 def _print_analysis(dirs, out=None) -> int:
-    from plasticity_ray.analysis.report import ONSET_COLUMNS, analyze
+    from plasticity_ray.analysis.report import MITIGATION_COLUMNS, ONSET_COLUMNS, analyze
     from plasticity_ray.sweep.results import format_table
 
     result = analyze(dirs, out)
     print(format_table(result.onsets, [c for c in ONSET_COLUMNS if c != "message"]))
     for row in result.onsets:
         print(f"  {row['trial_id']}: {row['message']}")
+    if len({r["variant"] for r in result.mitigations}) > 1:
+        print("\nvariants side by side (mean over seeds; cost = last-cycle train loss vs 'none'):")
+        print(format_table(result.mitigations, MITIGATION_COLUMNS))
     if result.fits:
         print(f"best scaling fit (leave-one-out RMSE): {result.fits['best']}")
     for name, why in result.skipped:

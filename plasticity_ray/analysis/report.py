@@ -16,7 +16,7 @@ from plasticity_ray.analysis.onset import Onset, find_onset
 from plasticity_ray.analysis.runs import Run, load_runs
 from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
 
-ONSET_COLUMNS = ["trial_id", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
+ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
                  "first_alarm_tasks", "alarm_lead_tasks", "message"]
 
 # (file stem, caption, drawing function)
@@ -58,7 +58,7 @@ def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
         onsets[run.trial_id] = o
         lr = run.spec["optimizer"]["lr"]
         rows.append({
-            "trial_id": run.trial_id, "size": run.size, "params": run.params, "mode": run.mode,
+            "trial_id": run.trial_id, "variant": run.variant, "size": run.size, "params": run.params, "mode": run.mode,
             "lr": lr, "seed": run.spec["seed"], "probes": len(run.probes), "onset_tasks": o.task_instance,
             "onset_tokens": o.task_instance * run.tokens_per_task if o.task_instance is not None else None,
             "status": o.status, "message": o.message,
