@@ -23,10 +23,16 @@ REPO = HERE.parent.parent
 CLI = [sys.executable, "-m", "plasticity_ray.cli"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports (all held open until each is known, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _answers(address: str) -> bool:
@@ -44,14 +50,18 @@ def head(tmp_path_factory):
     """A separate one-node cluster; `--block` ties its processes to ours, so stopping it leaves the
     session's Ray alone (`ray stop` would not)."""
     tmp_path = tmp_path_factory.mktemp("head")
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, agent, agent_grpc, metrics, runtime_env = _free_ports(6)
     # The job's `python` is the one on the head's PATH: this environment's, as on an activated venv.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     ray_cli = Path(sys.executable).parent / "ray"
+    # The session's Ray runs on this machine too: every port of the second node must be its own, or
+    # its dashboard agent cannot bind and jobs are refused ("No available agent to submit job").
     process = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
          f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
