@@ -135,9 +135,9 @@ def _train(args) -> int:
         spec = with_overrides(spec, {k: v for k, v in overrides.items() if v is not None}, source="command line")
     except SpecError as err:
         raise SystemExit(str(err))
-    if spec.sweep.grid and args.size is None:
-        print(f"note: {args.spec} has a sweep grid; `train` runs the base spec (size {spec.model.size}). "
-              "Use `--size`, or `plasticity-ray sweep` for the whole grid.")
+    if (spec.sweep.grid or spec.sweep.variants) and args.size is None:
+        print(f"note: {args.spec} has a sweep grid or variants; `train` runs the base spec (size {spec.model.size}). "
+              "Use `--size`, or `plasticity-ray sweep` for the whole sweep.")
     init_ray()
     try:
         check_resources(spec)
