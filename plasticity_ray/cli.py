@@ -218,18 +218,16 @@ def _submit(args, extra: list[str]) -> int:
 
 
 def _print_probes(run_dir, language: str) -> None:
-    from plasticity_ray.probe.service import read_rows
+    from plasticity_ray.analysis.onset import percent_change
+    from plasticity_ray.analysis.runs import load_run
 
-    rows = [r for r in read_rows(run_dir, "probes") if r.get("status") == "ok"]
-    if not rows:
+    run = load_run(run_dir)
+    if run.baseline is None and not run.probes:
         return
     print(f"  probes ({run_dir / 'probes'}): AUC of {language} validation loss, lower = learns faster")
-    baseline = [r for r in rows if r["checkpoint"] is None]
-    points = sorted((r for r in rows if r["checkpoint"] is not None), key=lambda r: r["task_index"])
-    if baseline:
-        print(f"    {'fresh model (baseline)':<28} {baseline[0]['auc']:.4f}")
-    for r in points:
-        change = 100 * (r["auc"] / points[0]["auc"] - 1)  # Eq. (1): % change vs the first probe
+    if run.baseline is not None:
+        print(f"    {'fresh model (baseline)':<28} {run.baseline:.4f}")
+    for r, change in zip(run.probes, percent_change([p["auc"] for p in run.probes])):  # Eq. (1)
         where = f"cycle {r['cycle'] + 1}, after {r['language'] or 'mixture'}"
         print(f"    {where:<28} {r['auc']:.4f}  {change:+.2f}%")
 
@@ -288,26 +286,13 @@ def _probe_or_diagnose(args) -> int:
 def _results(args) -> int:
     from pathlib import Path
 
-    from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, tables, to_csv, write_tables
-
     experiment_dir = Path(args.experiment_dir)
     if not experiment_dir.is_dir():
         print(f"error: {experiment_dir}: not a directory", file=sys.stderr)
         return 2
     if args.lr_grid:
         return _print_lr_grid(experiment_dir, args.json)
-    if args.json or args.csv:
-        result = tables(experiment_dir)
-        if not result["trials"]:
-            print(f"error: {experiment_dir}: no runs here (a run directory holds spec.json)", file=sys.stderr)
-            return 2
-        write_tables(experiment_dir, result)
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            print(to_csv(result["probes"], PROBE_COLUMNS) if args.probes else to_csv(result["trials"], TRIAL_COLUMNS), end="")
-        return 0
-    return _print_results(experiment_dir, args.probes)
+    return _print_results(experiment_dir, args.probes, "json" if args.json else "csv" if args.csv else "table")
 
 
 def _print_lr_grid(experiment_dir, as_json: bool) -> int:
@@ -329,21 +314,26 @@ def _print_lr_grid(experiment_dir, as_json: bool) -> int:
     return 0
 
 
-def _print_results(experiment_dir, probes: bool) -> int:
-    """The trial table (and the probe table), written as CSV too; says where everything is."""
-    from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, format_table, tables, write_tables
+def _print_results(experiment_dir, probes: bool, output: str = "table") -> int:
+    """The trial table (and the probe table) as a table, JSON or CSV; also written as CSV files."""
+    from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, format_table, tables, to_csv, write_tables
 
     result = tables(experiment_dir)
     if not result["trials"]:
         print(f"error: {experiment_dir}: no runs here (a run directory holds spec.json)", file=sys.stderr)
         return 2
     written = write_tables(experiment_dir, result)
-    print(format_table(result["trials"], TRIAL_COLUMNS))
-    if probes:
-        print()
-        print(format_table(result["probes"], PROBE_COLUMNS))
-    print(f"\ntables: {', '.join(map(str, written))}")
-    print(f"TensorBoard: tensorboard --logdir {experiment_dir}")
+    if output == "json":
+        print(json.dumps(result, indent=2))
+    elif output == "csv":
+        print(to_csv(result["probes"], PROBE_COLUMNS) if probes else to_csv(result["trials"], TRIAL_COLUMNS), end="")
+    else:
+        print(format_table(result["trials"], TRIAL_COLUMNS))
+        if probes:
+            print()
+            print(format_table(result["probes"], PROBE_COLUMNS))
+        print(f"\ntables: {', '.join(map(str, written))}")
+        print(f"TensorBoard: tensorboard --logdir {experiment_dir}")
     return 0
 
 
@@ -514,29 +504,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     args = build_parser().parse_args(argv)
-    if args.command == "sizes":
-        return _print_sizes(args.json)
-    if args.command == "validate":
-        return _validate(args.specs)
-    if args.command == "data":
-        return _data(args)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command == "submit":
-        return _submit(args, extra)
-    if args.command in ("probe", "diagnose"):
-        return _probe_or_diagnose(args)
-    if args.command == "results":
-        return _results(args)
-    if args.command == "analyze":
-        return _analyze(args)
-    if args.command == "fit-onset":
-        return _fit_onset(args)
-    if args.command == "bench":
-        return _bench(args, argv)
-    raise AssertionError(f"unhandled command {args.command}")
+    commands = {
+        "sizes": lambda: _print_sizes(args.json), "validate": lambda: _validate(args.specs),
+        "data": lambda: _data(args), "train": lambda: _train(args), "sweep": lambda: _sweep(args),
+        "submit": lambda: _submit(args, extra), "probe": lambda: _probe_or_diagnose(args),
+        "diagnose": lambda: _probe_or_diagnose(args), "results": lambda: _results(args),
+        "analyze": lambda: _analyze(args), "fit-onset": lambda: _fit_onset(args), "bench": lambda: _bench(args, argv),
+    }
+    return commands[args.command]()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plasticity_ray.analysis.fits import FORMULAS, MODELS, fit_model  # noqa: E402
+from plasticity_ray.analysis.fits import FORMULAS, MODELS, predictor  # noqa: E402
 from plasticity_ray.analysis.onset import Onset, percent_change  # noqa: E402
 from plasticity_ray.analysis.runs import Run  # noqa: E402
 
@@ -201,7 +201,7 @@ def fig_onset_scaling(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
     ax.loglog(params, onsets, "o", label="onset per run")
     m = fits["models"]["log_log"]
     grid = np.geomspace(params.min() / 1.5, params.max() * 1.5, 100)
-    ax.loglog(grid, np.exp(m["a"] + m["b"] * np.log(grid)), label=f"ln T = {m['a']:.2f} + {m['b']:.3f}·ln P "
+    ax.loglog(grid, predictor("log_log", m["a"], m["b"])(grid), label=f"ln T = {m['a']:.2f} + {m['b']:.3f}·ln P "
               f"(R² {m['r2']:.3f})")
     ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
            title="Onset of plasticity loss vs model size")
@@ -216,8 +216,9 @@ def fig_fits(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
     ax.plot(params, onsets, "ko", label="onsets")
     grid = np.linspace(params.min(), params.max(), 200)
     for name in MODELS:
-        predict = fit_model(name, params, onsets)[2]
-        ax.plot(grid, predict(grid), label=f"{name}: {FORMULAS[name]} (LOO RMSE {fits['models'][name]['loo_rmse']:.3g})")
+        m = fits["models"][name]
+        ax.plot(grid, predictor(name, m["a"], m["b"])(grid),
+                label=f"{name}: {FORMULAS[name]} (LOO RMSE {m['loo_rmse']:.3g})")
     ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
            title=f"Four models of the onset (best by leave-one-out RMSE: {fits['best']})")
     ax.legend(fontsize=8)

@@ -40,25 +40,37 @@ def _exponential(p, a, b):
     return a * np.exp(b * p)
 
 
+def predictor(name: str, a: float, b: float) -> Callable:
+    """P → T for a model with coefficients a and b."""
+    forms = {
+        "linear": lambda p: a + b * np.asarray(p, float),
+        "linear_log": lambda p: a + b * np.log(p),
+        "exponential": lambda p: _exponential(np.asarray(p, float), a, b),
+        "log_log": lambda p: np.exp(a + b * np.log(p)),
+    }
+    if name not in forms:
+        raise ValueError(f"unknown model {name!r}; one of {', '.join(MODELS)}")
+    return forms[name]
+
+
 def fit_model(name: str, params: np.ndarray, onsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, Callable]:
     """(coefficients [a, b], standard errors, predict(P) → T)."""
     if name == "linear":
         c, se = _ols(params, onsets)
-        return c, se, lambda p: c[0] + c[1] * np.asarray(p, float)
-    if name == "linear_log":
+    elif name == "linear_log":
         c, se = _ols(np.log(params), onsets)
-        return c, se, lambda p: c[0] + c[1] * np.log(p)
-    if name == "log_log":
+    elif name == "log_log":
         c, se = _ols(np.log(params), np.log(onsets))
-        return c, se, lambda p: np.exp(c[0] + c[1] * np.log(p))
-    if name == "exponential":
+    elif name == "exponential":
         start, _ = _ols(params, np.log(onsets))  # the log-linear fit starts the nonlinear one
         with warnings.catch_warnings():  # two points: exact, and no covariance (NaN standard errors)
             warnings.simplefilter("ignore", OptimizeWarning)
             c, cov = curve_fit(_exponential, params, onsets, p0=[math.exp(start[0]), start[1]], maxfev=100_000,
                                xtol=1e-15, ftol=1e-15)
-        return c, np.sqrt(np.diag(cov)), lambda p: _exponential(np.asarray(p, float), *c)
-    raise ValueError(f"unknown model {name!r}; one of {', '.join(MODELS)}")
+        se = np.sqrt(np.diag(cov))
+    else:
+        raise ValueError(f"unknown model {name!r}; one of {', '.join(MODELS)}")
+    return c, se, predictor(name, c[0], c[1])
 
 
 def fit_onsets(params: list[float], onsets: list[float], predict: list[float] = (),
@@ -84,7 +96,7 @@ def fit_onsets(params: list[float], onsets: list[float], predict: list[float] = 
             "rmse": float(np.sqrt(np.mean(residual**2))), "loo_rmse": float(np.sqrt(np.mean(np.square(loo)))),
         }
     best = min(MODELS, key=lambda name: models[name]["loo_rmse"])
-    predict_fn = fit_model(best, p, t)[2]
+    predict_fn = predictor(best, models[best]["a"], models[best]["b"])
     predictions = []
     for size in predict:
         tasks = float(predict_fn(np.array([float(size)]))[0])

@@ -3,9 +3,7 @@ next to them with a report.md that embeds the figures."""
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,6 +13,7 @@ from plasticity_ray.analysis.fits import fit_onsets
 from plasticity_ray.analysis.onset import Onset, find_onset
 from plasticity_ray.analysis.runs import Run, load_runs
 from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
+from plasticity_ray.sweep.results import to_csv
 
 ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
                  "first_alarm_tasks", "alarm_lead_tasks", "message"]
@@ -123,14 +122,6 @@ def language_table(runs: list[Run]) -> list[dict]:
             for (size, lang), v in sorted(cells.items())]
 
 
-def _csv(rows: list[dict], columns: list[str]) -> bytes:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue().encode()
-
-
 def _save(fig, stem: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
@@ -155,19 +146,19 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Calla
     rows, onsets = onset_rows(runs)
     result = Analysis(out_dir, rows, None)
 
-    write_bytes_atomic(out_dir / "onsets.csv", _csv(rows, ONSET_COLUMNS))
+    write_bytes_atomic(out_dir / "onsets.csv", to_csv(rows, ONSET_COLUMNS).encode())
     result.written.append(out_dir / "onsets.csv")
     by_language = language_table(runs)
     if len({r["preceding_language"] for r in by_language}) > 1:
         write_bytes_atomic(out_dir / "auc_by_language.csv",
-                           _csv(by_language, ["size", "preceding_language", "probes", "mean_auc"]))
+                           to_csv(by_language, ["size", "preceding_language", "probes", "mean_auc"]).encode())
         result.written.append(out_dir / "auc_by_language.csv")
     else:
         result.skipped.append(("auc_by_language.csv", "every probe follows the same language"))
 
     result.mitigations = mitigation_table(runs, onsets)
     if len({r["variant"] for r in result.mitigations}) > 1:
-        write_bytes_atomic(out_dir / "mitigations.csv", _csv(result.mitigations, MITIGATION_COLUMNS))
+        write_bytes_atomic(out_dir / "mitigations.csv", to_csv(result.mitigations, MITIGATION_COLUMNS).encode())
         result.written.append(out_dir / "mitigations.csv")
     else:
         result.skipped.append(("mitigations.csv", "every run has the same variant: nothing to compare"))

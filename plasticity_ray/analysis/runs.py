@@ -1,4 +1,5 @@
-"""What the analysis reads of a run directory: its spec, probe AUCs, baseline and diagnostics."""
+"""What a run directory holds, read once for the result tables and the analysis: its spec, metric
+rows, probe AUCs, baseline, diagnostics and alarms."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 
 from plasticity_ray.model.sizes import resolve_size
 from plasticity_ray.probe.service import read_rows as read_job_rows
-from plasticity_ray.sweep.results import run_dirs
 from plasticity_ray.train.alarms import read_alarms
 from plasticity_ray.train.metrics import read_rows as read_metric_rows
 
@@ -55,11 +55,14 @@ class Run:
         return self.spec.get("label") or label(self.spec)
 
     @property
-    def label(self) -> str:
+    def lr(self) -> float:
         lr = self.spec["optimizer"]["lr"]
-        lr = resolve_size(self.size).paper_lr if lr == "paper" else lr
+        return resolve_size(self.size).paper_lr if lr == "paper" else lr
+
+    @property
+    def label(self) -> str:
         extra = f", {self.variant}" if self.variant != "none" else ""
-        return f"{self.size} (lr {lr:.2g}, seed {self.spec['seed']}{extra})"
+        return f"{self.size} (lr {self.lr:.2g}, seed {self.spec['seed']}{extra})"
 
     def tasks_trained(self, probe: dict) -> int:
         return probe["task_index"] + 1
@@ -74,6 +77,11 @@ class Run:
         last = max(r["cycle"] for r in self.metrics)
         losses = [r["loss"] for r in self.metrics if r["cycle"] == last]
         return sum(losses) / len(losses)
+
+
+def run_dirs(experiment_dir: Path) -> list[Path]:
+    """The run directories of an experiment: those holding spec.json."""
+    return sorted(p.parent for p in experiment_dir.glob("*/spec.json"))
 
 
 def load_run(path: Path) -> Run:

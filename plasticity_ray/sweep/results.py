@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
-from plasticity_ray.probe.service import read_rows as read_job_rows
+from plasticity_ray.analysis.onset import percent_change
+from plasticity_ray.analysis.runs import Run, load_run, run_dirs
 from plasticity_ray.storage import write_bytes_atomic
-from plasticity_ray.train.alarms import read_alarms
 from plasticity_ray.train.loop import COMPLETE_FILE
-from plasticity_ray.train.metrics import read_rows as read_metric_rows
 
 TRIAL_COLUMNS = ["trial_id", "label", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "val_score",
                  "probes_done", "latest_auc", "auc_change_percent", "alarms", "first_alarm"]
@@ -25,23 +23,15 @@ PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "langu
                  "collapsed_heads_percent", "weight_distance"]
 
 
-def run_dirs(experiment_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in experiment_dir.glob("*/spec.json"))
-
-
-def _probe_rows(run_dir: Path, trial: dict) -> list[dict]:
-    probes = [r for r in read_job_rows(run_dir, "probes") if r.get("status") == "ok"]
-    baseline = next((r["auc"] for r in probes if r.get("checkpoint") is None), None)
-    diagnostics = {r["task_index"]: r for r in read_job_rows(run_dir, "diagnostics") if r.get("status") == "ok"}
-    points = sorted((r for r in probes if r.get("task_index") is not None), key=lambda r: r["task_index"])
+def _probe_rows(run: Run, trial: dict) -> list[dict]:
     rows = []
-    for r in points:
-        d = diagnostics.get(r["task_index"], {})
+    for r, change in zip(run.probes, percent_change([p["auc"] for p in run.probes])):
+        d = run.diagnostics.get(r["task_index"], {})
         rows.append({
             "trial_id": trial["trial_id"], "size": trial["size"], "lr": trial["lr"], "seed": trial["seed"],
             "cycle": r.get("cycle"), "task_index": r["task_index"], "language": r.get("language"), "auc": r["auc"],
-            "normalized_auc": r["auc"] / baseline if baseline else None,
-            "auc_change_percent": 100 * (r["auc"] / points[0]["auc"] - 1),  # Eq. (1)
+            "normalized_auc": r["auc"] / run.baseline if run.baseline else None,
+            "auc_change_percent": change,
             "weight_magnitude": d.get("weight_magnitude"),
             "dormant_percent": (d.get("dormant_units") or {}).get("percent"),
             "lazy_heads_percent": (d.get("attention_entropy") or {}).get("lazy_percent"),
@@ -56,26 +46,19 @@ VAL_SCORE_LAST = 10  # Table II: "averaging the last 10 validation-loss measurem
 
 def trial(run_dir: Path) -> tuple[dict, list[dict]]:
     """One run's trial row and its probe rows."""
-    spec = json.loads((run_dir / "spec.json").read_text())
-    metrics = [r for r in read_metric_rows(run_dir / "metrics.jsonl") if "loss" in r]
-    val_losses = [r["val_loss"] for r in metrics if "val_loss" in r]
-    lr = spec["optimizer"]["lr"]
-    if lr == "paper":
-        from plasticity_ray.model.sizes import resolve_size
-
-        lr = resolve_size(spec["model"]["size"]).paper_lr
+    run = load_run(run_dir)
+    val_losses = [r["val_loss"] for r in run.metrics if "val_loss" in r][-VAL_SCORE_LAST:]
+    last = run.metrics[-1] if run.metrics else {}
+    first_alarm = run.alarms[0] if run.alarms else None
     row = {
-        "trial_id": run_dir.name, "label": spec.get("label"), "size": spec["model"]["size"], "lr": lr,
-        "seed": spec["seed"], "status": "complete" if (run_dir / COMPLETE_FILE).exists() else "incomplete",
-        "tokens_seen": metrics[-1]["tokens_seen"] if metrics else 0,
-        "last_train_loss": metrics[-1]["loss"] if metrics else None,
-        "val_score": sum(val_losses[-VAL_SCORE_LAST:]) / len(val_losses[-VAL_SCORE_LAST:]) if val_losses else None,
+        "trial_id": run.trial_id, "label": run.spec.get("label"), "size": run.size, "lr": run.lr,
+        "seed": run.spec["seed"], "status": "complete" if (run_dir / COMPLETE_FILE).exists() else "incomplete",
+        "tokens_seen": last.get("tokens_seen", 0), "last_train_loss": last.get("loss"),
+        "val_score": sum(val_losses) / len(val_losses) if val_losses else None,
+        "alarms": len(run.alarms),
+        "first_alarm": f"{first_alarm['signal']} after task {first_alarm['task'] + 1}" if first_alarm else None,
     }
-    alarms = read_alarms(run_dir)
-    first = alarms[0] if alarms else None
-    row["alarms"] = len(alarms)
-    row["first_alarm"] = f"{first['signal']} after task {first['task'] + 1}" if first else None
-    points = _probe_rows(run_dir, row)
+    points = _probe_rows(run, row)
     row.update({
         "probes_done": len(points),
         "latest_auc": points[-1]["auc"] if points else None,

@@ -160,11 +160,11 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
     if spec.sweep.search is None:
         say(f"sweep {spec.name}: {len(points)} trial(s), up to {concurrent} at once → {experiment_dir(spec)}")
         tuners = [_tuner(spec, TUNE_DIR, resume, say, search_space(spec), tune.TuneConfig(max_concurrent_trials=concurrent))]
-        per_tuner = len(points)
+        per_tuner = len(points)  # one tuner for the whole grid
     else:  # OptunaSearch cannot mix with grid_search: one search per grid point
         tuners = (_optuna_tuner(spec, point, concurrent, resume, say) for point in points)
         per_tuner = spec.sweep.search.samples
-    trials = len(points) * per_tuner if spec.sweep.search else per_tuner
+    trials = per_tuner * (len(points) if spec.sweep.search else 1)
     for tuner in tuners:
         results = tuner.fit()
         errors += _errors(results)

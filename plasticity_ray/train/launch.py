@@ -120,6 +120,11 @@ def build_trainer(spec: ExperimentSpec, directory: Path, callbacks: list | None 
     )
 
 
+def _summary(directory: Path) -> RunSummary:
+    rows = [r for r in read_rows(directory / "metrics.jsonl") if "loss" in r]
+    return RunSummary(directory, (directory / COMPLETE_FILE).exists(), rows[-1] if rows else None)
+
+
 def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], None]) -> None:
     """Submit again every probe point of the run that has no row yet (a sweep or service stopped
     before they ran; the service skips measured and running ones), then wait for the run's jobs."""
@@ -146,8 +151,7 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
         say(f"{directory}: already complete")
         if spec.probe.enabled:
             _finish_probes(spec, directory, say)
-        rows = [r for r in read_rows(metrics) if "loss" in r]
-        return RunSummary(directory, True, rows[-1] if rows else None)
+        return _summary(directory)
     saved = checkpoints(directory)  # checked first: a bad checkpoint stops us before any work
     position = check(saved[-1], model_config(spec))["position"] if saved else None
     prepare(spec, say=say)
@@ -171,5 +175,4 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
         tail.join()
     if service is not None:
         _finish_probes(spec, directory, say)
-    rows = [r for r in read_rows(metrics) if "loss" in r]
-    return RunSummary(directory, (directory / COMPLETE_FILE).exists(), rows[-1] if rows else None)
+    return _summary(directory)
