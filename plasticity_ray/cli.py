@@ -26,14 +26,47 @@ def _print_sizes(as_json: bool) -> int:
     return 0
 
 
+def _tokens(count: int) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.3g}{suffix}"
+    return str(count)
+
+
+def _recipe_line(spec: ExperimentSpec) -> str:
+    """The warm-up and optimizer protocol in words."""
+    warmup = f"warm-up of {spec.warmup_steps:,} steps " + (
+        "restarted at every task" if spec.restarts_warmup else "once at the start of the run") + ", then a constant LR"
+    optimizer = "a fresh AdamW at every task" if spec.resets_optimizer else "AdamW never reset"
+    return f"  recipe: {warmup}; {optimizer}"
+
+
+def _probe_line(spec: ExperimentSpec) -> str:
+    p = spec.probe
+    if spec.schedule.mode == "stationary":
+        where = f"a probe every {_tokens(spec.tasks_per_probe * spec.schedule.tokens_per_task)} training tokens"
+    else:
+        every = "cycle ends" if p.every_cycles == 1 else f"the end of every {p.every_cycles}th cycle"
+        where = f"probes at {every} (after {spec.data.languages[-1]})"
+        if p.extended:
+            cycles = f" in cycles {p.extended.cycles[0]}-{p.extended.cycles[1]}" if p.extended.cycles else ""
+            where += f" and after {', '.join(p.extended.languages)}{cycles}"
+    data = "the same rows at every probe" if p.same_data_order else "a fresh random subsample for each probe"
+    auc = "from step 0" if p.auc_includes_step0 else f"over the evaluations during training (from step {p.eval_every})"
+    return (f"  {where}; {spec.probe_steps:,} steps on {spec.data.probe_language} ({data}), validation every "
+            f"{p.eval_every} steps on {p.eval_sequences:,} random sequences, AUC {auc}")
+
+
 def describe(spec: ExperimentSpec) -> list[str]:
     """A few lines saying what the spec will run."""
     runs = [with_overrides(spec, point) for point in grid_points(spec)]
     s = spec.schedule
+    unit = "tasks" if s.mode == "continual" else "chunks of the mixture"
     lines = [
         f"{spec.name}: {s.mode}, {len(runs)} run(s); each {s.cycles} cycle(s) × {len(spec.data.languages)} "
-        f"language(s) = {spec.tasks} tasks of {spec.steps_per_task:,} steps × {spec.batch.global_tokens:,} tokens "
-        f"(warm-up {spec.warmup_steps} steps), {spec.data.tokenizer} tokenizer, seq_len {spec.data.seq_len}",
+        f"language(s) = {spec.tasks} {unit} of {spec.steps_per_task:,} steps × {spec.batch.global_tokens:,} tokens, "
+        f"{spec.data.tokenizer} tokenizer, seq_len {spec.data.seq_len}",
+        _recipe_line(spec),
     ]
     shown = 12
     for run, label in zip(runs[:shown], point_labels(spec)):
@@ -44,14 +77,7 @@ def describe(spec: ExperimentSpec) -> list[str]:
         )
     if len(runs) > shown:
         lines.append(f"  ... and {len(runs) - shown} more")
-    if spec.probe.enabled:
-        after = f" and after {', '.join(spec.probe.after_languages)}" if spec.probe.after_languages else ""
-        lines.append(
-            f"  probes: end of every {spec.probe.every_cycles} cycle(s){after}; {spec.probe_steps:,} steps on "
-            f"{spec.data.probe_language}, validation every {spec.probe.eval_every} steps"
-        )
-    else:
-        lines.append("  probes: off")
+    lines.append(_probe_line(spec) if spec.probe.enabled else "  probes: off")
     return lines
 
 
@@ -81,8 +107,14 @@ def _print_stats(stats: dict, usage: dict) -> None:
     print(f"{stats['tokenizer']} tokens, rows of seq_len {stats['seq_len']} + 1, in {stats['path']}")
     print(f"{'lang':<5} {'train tokens':>14} {'val tokens':>12} {'train docs':>10} {'val docs':>8}  pool passes")
     for lang, s in stats["languages"].items():
-        passes = usage.get(lang, {}).get("passes")
-        note = "probe language" if lang not in usage else f"{passes}" + (" (rows repeat)" if passes > 1 else "")
+        use = usage.get(lang)
+        if use is None:
+            note = "probe language (probes off)"
+        elif use.get("per") == "probe":
+            share = use["rows_needed"] / use["pool_rows"]
+            note = f"probe language: each probe reads {share:.0%} of the pool" + (" (rows repeat)" if share > 1 else "")
+        else:
+            note = f"{use['passes']}" + (" (rows repeat)" if use["passes"] > 1 else "")
         print(
             f"{lang:<5} {s['train_tokens']:>14,} {s['val_tokens']:>12,} {s['train_documents']:>10,} "
             f"{s['val_documents']:>8,}  {note}"
@@ -218,7 +250,6 @@ def _submit(args, extra: list[str]) -> int:
 
 
 def _print_probes(run_dir, language: str) -> None:
-    from plasticity_ray.analysis.onset import percent_change
     from plasticity_ray.analysis.runs import load_run
 
     run = load_run(run_dir)
@@ -227,9 +258,12 @@ def _print_probes(run_dir, language: str) -> None:
     print(f"  probes ({run_dir / 'probes'}): AUC of {language} validation loss, lower = learns faster")
     if run.baseline is not None:
         print(f"    {'fresh model (baseline)':<28} {run.baseline:.4f}")
-    for r, change in zip(run.probes, percent_change([p["auc"] for p in run.probes])):  # Eq. (1)
+    reference = run.auc_reference
+    if reference is not None:
+        print(f"    % change: Eq. (1) against the probe after task {run.tasks_trained(reference)} (AUC₁)")
+    for r, change in zip(run.probes, run.auc_change(run.probes)):
         where = f"cycle {r['cycle'] + 1}, after {r['language'] or 'mixture'}"
-        print(f"    {where:<28} {r['auc']:.4f}  {change:+.2f}%")
+        print(f"    {where:<28} {r['auc']:.4f}" + (f"  {change:+.2f}%" if change is not None else ""))
 
 
 def _checkpoint_spec(args) -> tuple[ExperimentSpec, "Path | None"]:

@@ -123,10 +123,12 @@ class DataSpec(_Section):
     languages: Annotated[list[Language], Field(min_length=1), AfterValidator(_unique)] = list(PAPER_LANGUAGE_ORDER)
     probe_language: Language = "vi"
     seq_len: Annotated[int, Gt(1)] = 2048
-    validation_tokens: Count = 1_000_000_000  # cap of the held-out pool per language (the paper: 1B)
+    # Pool caps: one number for every language, or one per language ({en: 100B, ..., vi: 20B}); a
+    # mapping names every training language and the probe language.
+    validation_tokens: Count | dict[Language, Count] = 1_000_000_000  # held-out pool (the paper: 1B each)
     # hf and files sources: the share of documents held out for validation (builtin has its own split).
     validation_fraction: Annotated[float, Gt(0), Lt(1)] = 0.01
-    train_tokens: Count | None = None  # cap of the training pool per language; None: all the source has
+    train_tokens: Count | dict[Language, Count] | None = None  # training pool; None: all the source has
 
     @model_validator(mode="after")
     def _probe_language_is_held_out(self) -> "DataSpec":
@@ -134,13 +136,22 @@ class DataSpec(_Section):
             raise ValueError(f"probe_language {self.probe_language!r} must not be one of the training languages")
         return self
 
+    def pool_tokens(self, language: str, split: str) -> int | None:
+        """The cap of one pool (split "train" or "validation"); None: no cap."""
+        caps = self.train_tokens if split == "train" else self.validation_tokens
+        return caps.get(language) if isinstance(caps, dict) else caps
+
 
 class ScheduleSpec(_Section):
     mode: Literal["continual", "stationary"] = "continual"
+    # Continual: cycles of one task per language. Stationary: cycles × languages chunks of the mixture.
     cycles: PositiveInt = 48
-    tokens_per_task: Count = 5_000_000_000
-    warmup_fraction: Fraction = 0.05
-    reset_optimizer_per_task: bool = True
+    tokens_per_task: Count = 5_000_000_000  # stationary: the chunk (data quota and checkpoint unit)
+    warmup_fraction: Fraction = 0.05  # of a task's steps (§IV-B: 5% of 9,537 = 477)
+    # None: the mode's protocol. Continual (§IV-B): a fresh AdamW and a restarted warm-up at every
+    # task. Stationary (§V-B): one warm-up at the start of the run, AdamW never reset.
+    reset_optimizer_per_task: bool | None = None
+    restart_warmup_per_task: bool | None = None
     # Stationary mode only: relative weight of each language in the mixture (default uniform).
     mixture_weights: dict[Language, Annotated[float, Gt(0)]] | None = None
 
@@ -158,14 +169,36 @@ class BatchSpec(_Section):
     micro_batch: PositiveInt | Literal["auto"] = "auto"  # sequences per worker per forward pass
 
 
+class ExtendedProbing(_Section):
+    """Appendix B's extended probing: also probe after these languages (the paper: zh and de; ru
+    ends the cycle), in every cycle or only in cycles `from`..`to` (1-based, inclusive)."""
+
+    languages: Annotated[list[Language], Field(min_length=1), AfterValidator(_unique)]
+    cycles: tuple[PositiveInt, PositiveInt] | None = None
+
+    def covers(self, cycle: int) -> bool:
+        """Whether 0-based `cycle` is in the range."""
+        return self.cycles is None or self.cycles[0] <= cycle + 1 <= self.cycles[1]
+
+
 class ProbeSpec(_Section):
     enabled: bool = True
     tokens: Count = 5_000_000_000
     eval_every: PositiveInt = 95  # probe steps between validation measurements
     eval_sequences: PositiveInt = 1280
-    every_cycles: PositiveInt = 1  # probe at the end of every k-th cycle
-    after_languages: Annotated[list[Language], AfterValidator(_unique)] = Field(default_factory=list)
-    same_data_order: bool = True  # every probe point sees the same probe data (less sampling noise)
+    # Each mode reads its own fields (so one spec can sweep schedule.mode): continual the first two,
+    # stationary every_tokens.
+    every_cycles: PositiveInt = 1  # continual: probe at the end of every k-th cycle
+    extended: ExtendedProbing | None = None  # continual: probes after chosen languages too
+    # Stationary: a probe every this many training tokens (a multiple of schedule.tokens_per_task);
+    # None: every schedule.tokens_per_task (§V-B: every 5B).
+    every_tokens: Count | None = None
+    # False (§IV-A): each probe trains on a fresh seeded random subsample of the probe pool. True:
+    # every probe point sees the same rows in the same order (less sampling noise, one sample only).
+    same_data_order: bool = False
+    # The AUC integrates the evaluations made during probe training (§IV-A: every 95 steps and the
+    # last); the step-0 evaluation (zero-shot, before any learning) is stored but left out unless this is on.
+    auc_includes_step0: bool = False
     baseline: bool = True  # also probe a freshly initialised model ("probe language alone")
 
 
@@ -249,6 +282,9 @@ class SweepSpec(_Section):
     # Named configurations crossed with the grid, e.g. a baseline and each mitigation:
     # {none: {}, shrink_perturb: {mitigations: [{name: shrink_perturb}]}, sink: {model.attention_sink: true}}
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Explicit points run besides the grid's product, e.g. [{model.size: 39M, optimizer.lr: paper}]
+    # (crossed with the variants like the grid's points).
+    points: list[dict[str, Any]] = Field(default_factory=list)
     search: OptunaSearchSpec | None = None
     # Trials at once; None: as many as the cluster's GPUs (or CPUs) hold next to the probes.
     max_concurrent_trials: PositiveInt | None = None
@@ -343,9 +379,25 @@ class ExperimentSpec(_Section):
                 f"diagnostics.entropy_language: {self.diagnostics.entropy_language!r} is neither a training language "
                 "nor the probe language, so it has no prepared validation set"
             )
-        stray = [lang for lang in self.probe.after_languages if lang not in self.data.languages]
+        extended = self.probe.extended
+        stray = [lang for lang in extended.languages if lang not in self.data.languages] if extended else []
         if stray:
-            problems.append(f"probe.after_languages: {', '.join(stray)} not in data.languages")
+            problems.append(f"probe.extended.languages: {', '.join(stray)} not in data.languages")
+        if extended and extended.cycles and extended.cycles[0] > extended.cycles[1]:
+            problems.append(f"probe.extended.cycles: from {extended.cycles[0]} is after to {extended.cycles[1]}")
+        elif extended and extended.cycles and extended.cycles[0] > self.schedule.cycles:
+            problems.append(f"probe.extended.cycles: starts after the last cycle ({self.schedule.cycles})")
+        for name in ("train_tokens", "validation_tokens"):
+            caps = getattr(self.data, name)
+            missing = [lang for lang in (*self.data.languages, self.data.probe_language)
+                       if isinstance(caps, dict) and lang not in caps]
+            if missing:
+                problems.append(f"data.{name}: no entry for {', '.join(missing)} (a per-language mapping names "
+                                "every training language and the probe language)")
+        every = self.probe.every_tokens
+        if self.schedule.mode == "stationary" and every is not None and every % self.schedule.tokens_per_task:
+            problems.append(f"probe.every_tokens: {every} is not a multiple of schedule.tokens_per_task "
+                            f"{self.schedule.tokens_per_task}")
         if self.schedule.mixture_weights is not None:
             if self.schedule.mode != "stationary":
                 problems.append("schedule.mixture_weights: only used in stationary mode")
@@ -360,6 +412,8 @@ class ExperimentSpec(_Section):
         search = self.sweep.search
         if search is not None and search.parameter in self.sweep.grid:
             problems.append(f"sweep.search.parameter: {search.parameter} is also in sweep.grid; search it or list it")
+        if search is not None and self.sweep.points:
+            problems.append("sweep.points: cannot be combined with sweep.search (Optuna runs at the grid's points)")
         if search is not None and search.metric == "val_score" and not self.train.eval_every:
             problems.append("sweep.search.metric: val_score needs train.eval_every > 0")
         if problems:
@@ -384,6 +438,24 @@ class ExperimentSpec(_Section):
         return math.ceil(self.schedule.warmup_fraction * self.steps_per_task)
 
     @property
+    def resets_optimizer(self) -> bool:
+        """A fresh AdamW at every task: the continual protocol's default, never the stationary one's."""
+        reset = self.schedule.reset_optimizer_per_task
+        return self.schedule.mode == "continual" if reset is None else reset
+
+    @property
+    def restarts_warmup(self) -> bool:
+        """The warm-up restarts at every task (continual default), or runs once at the start (stationary)."""
+        restart = self.schedule.restart_warmup_per_task
+        return self.schedule.mode == "continual" if restart is None else restart
+
+    @property
+    def tasks_per_probe(self) -> int:
+        """Stationary mode: chunks between probes."""
+        every = self.probe.every_tokens or self.schedule.tokens_per_task
+        return every // self.schedule.tokens_per_task
+
+    @property
     def tasks(self) -> int:
         return self.schedule.cycles * len(self.data.languages)
 
@@ -401,6 +473,8 @@ class SpecError(Exception):
         super().__init__("\n".join([f"{source}: {len(problems)} problem(s)"] + [f"  {p}" for p in problems]))
 
 
+# Fields that were renamed: what to write instead.
+_RENAMED = {"after_languages": "now probe.extended: {languages: [...], cycles: [from, to]} (cycles optional)"}
 # Every key a spec may hold, for "did you mean" hints on misspelled keys.
 _FIELD_NAMES = sorted({name for section in _Section.__subclasses__() for name in section.model_fields})
 
@@ -426,6 +500,8 @@ def _readable(error: dict) -> list[str]:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
         key = str(error["loc"][-1])
+        if key in _RENAMED:
+            return [f"{loc}: {_RENAMED[key]}"]
         guess = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.7)
         return [f"{loc}: unknown field" + (f" (did you mean {guess[0]!r}?)" if guess else "")]
     if kind == "missing":
@@ -483,22 +559,30 @@ def _is_spec_path(path: str) -> bool:
     return not (isinstance(model, type) and issubclass(model, BaseModel))
 
 
-def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
-    """The sweep's points as override dicts: the grid's product, crossed with the variants (one
-    empty dict when there is neither)."""
+def _expand(spec: ExperimentSpec) -> list[tuple[str, dict[str, Any]]]:
+    """(label, overrides) of every sweep point: the grid's product (one empty point when there is
+    neither grid nor explicit points) and the explicit points, each crossed with the variants; a
+    variant's point also sets `label` to the variant's name."""
     grid = spec.sweep.grid
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    variants = list(spec.sweep.variants.values()) or [{}]
-    return [{**point, **variant} for point in points for variant in variants]
+    if not grid and spec.sweep.points:
+        points = []  # only the explicit points
+    points += [dict(point) for point in spec.sweep.points]
+    labelled = [(", ".join(f"{k}={v}" for k, v in point.items()), point) for point in points]
+    if not spec.sweep.variants:
+        return [(label or "single run", point) for label, point in labelled]
+    return [(", ".join(x for x in (label, f"variant {name}") if x), {**point, **overrides, "label": name})
+            for label, point in labelled for name, overrides in spec.sweep.variants.items()]
+
+
+def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
+    """The sweep's points as dotted-path override dicts (see `_expand`)."""
+    return [point for _, point in _expand(spec)]
 
 
 def point_labels(spec: ExperimentSpec) -> list[str]:
     """A readable name for each of `grid_points`, in the same order."""
-    grid = spec.sweep.grid
-    labels = [", ".join(f"{k}={v}" for k, v in zip(grid, values)) for values in itertools.product(*grid.values())]
-    names = list(spec.sweep.variants) or [None]
-    return [", ".join(x for x in (label, name and f"variant {name}") if x) or "single run"
-            for label in labels for name in names]
+    return [label for label, _ in _expand(spec)]
 
 
 def with_overrides(spec: ExperimentSpec, overrides: dict[str, Any], source: str = "overrides") -> ExperimentSpec:
@@ -509,6 +593,17 @@ def with_overrides(spec: ExperimentSpec, overrides: dict[str, Any], source: str 
             raise SpecError(source, [f"{path}: not a field of the spec"])
         raw = _set_path(raw, path, value)
     return _validate(raw, source)
+
+
+def _override_problems(raw: dict, where: str, overrides: Any, known: list[str]) -> list[str]:
+    """What a set of overrides (a sweep point or variant) adds to the base spec's `known` problems."""
+    problems, changed = [], raw
+    for path, value in (overrides.items() if isinstance(overrides, dict) else ()):
+        if not _is_spec_path(path):
+            problems.append(f"{where}.{path}: not a field of the spec")
+            continue
+        changed = _set_path(changed, path, value)
+    return problems + [f"{where}: {problem}" for problem in _problems(changed) if problem not in known]
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
@@ -535,6 +630,121 @@ def load_spec(path: str | Path) -> ExperimentSpec:
                 if problem not in problems:  # only what this value adds to the base spec's problems
                     inner = problem[len(path_) :] if problem.startswith(path_) else f": {problem}"
                     problems.append(f"sweep.grid.{path_}[{i}]{inner}")
+    sweep = raw.get("sweep") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else {}
+    points = sweep.get("points")
+    for i, overrides in enumerate(points if isinstance(points, list) else ()):
+        problems += _override_problems(raw, f"sweep.points[{i}]", overrides, problems)
+    variants = sweep.get("variants")
+    for name, overrides in (variants.items() if isinstance(variants, dict) else ()):
+        problems += _override_problems(raw, f"sweep.variants.{name}", overrides, problems)
+    if problems:
+        raise SpecError(source, problems)
+    return ExperimentSpec.model_validate(raw)
+
+
+def _set_path(raw: dict, path: str, value: Any) -> dict:
+    """A copy of `raw` with the dotted `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    out = dict(raw)
+    if rest:
+        inner = out.get(head)
+        out[head] = _set_path(inner if isinstance(inner, dict) else {}, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def _is_spec_path(path: str) -> bool:
+    model: Any = ExperimentSpec
+    for part in path.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return False
+        if part == "source":
+            return True  # its fields depend on the source kind; the grid points are validated anyway
+        model = model.model_fields[part].annotation
+    return not (isinstance(model, type) and issubclass(model, BaseModel))
+
+
+def _expand(spec: ExperimentSpec) -> list[tuple[str, dict[str, Any]]]:
+    """(label, overrides) of every sweep point: the grid's product (one empty point when there is
+    neither grid nor explicit points) and the explicit points, each crossed with the variants; a
+    variant's point also sets `label` to the variant's name."""
+    grid = spec.sweep.grid
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    if not grid and spec.sweep.points:
+        points = []  # only the explicit points
+    points += [dict(point) for point in spec.sweep.points]
+    labelled = [(", ".join(f"{k}={v}" for k, v in point.items()), point) for point in points]
+    if not spec.sweep.variants:
+        return [(label or "single run", point) for label, point in labelled]
+    return [(", ".join(x for x in (label, f"variant {name}") if x), {**point, **overrides, "label": name})
+            for label, point in labelled for name, overrides in spec.sweep.variants.items()]
+
+
+def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
+    """The sweep's points as dotted-path override dicts (see `_expand`)."""
+    return [point for _, point in _expand(spec)]
+
+
+def point_labels(spec: ExperimentSpec) -> list[str]:
+    """A readable name for each of `grid_points`, in the same order."""
+    return [label for label, _ in _expand(spec)]
+
+
+def with_overrides(spec: ExperimentSpec, overrides: dict[str, Any], source: str = "overrides") -> ExperimentSpec:
+    """The spec with dotted-path overrides applied and validated again."""
+    raw = spec.model_dump(mode="json")
+    for path, value in overrides.items():
+        if not _is_spec_path(path):
+            raise SpecError(source, [f"{path}: not a field of the spec"])
+        raw = _set_path(raw, path, value)
+    return _validate(raw, source)
+
+
+def _override_problems(raw: dict, where: str, overrides: Any, known: list[str]) -> list[str]:
+    """What a set of overrides (a sweep point or variant) adds to the base spec's `known` problems."""
+    problems, changed = [], raw
+    for path, value in (overrides.items() if isinstance(overrides, dict) else ()):
+        if not _is_spec_path(path):
+            problems.append(f"{where}.{path}: not a field of the spec")
+            continue
+        changed = _set_path(changed, path, value)
+    return problems + [f"{where}: {problem}" for problem in _problems(changed) if problem not in known]
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read, validate and check every sweep point of a spec file; raises SpecError."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(source, [f"cannot read the file: {err}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(source, [f"{where}not valid YAML ({getattr(err, 'problem', err)})"]) from None
+    problems = _problems(raw)
+    grid = raw.get("sweep", {}).get("grid") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else None
+    for path_, values in (grid.items() if isinstance(grid, dict) else ()):
+        if not _is_spec_path(path_):
+            problems.append(f"sweep.grid.{path_}: not a field of the spec")
+            continue
+        for i, value in enumerate(values if isinstance(values, list) else ()):
+            for problem in _problems(_set_path(raw, path_, value)):
+                if problem not in problems:  # only what this value adds to the base spec's problems
+                    inner = problem[len(path_) :] if problem.startswith(path_) else f": {problem}"
+                    problems.append(f"sweep.grid.{path_}[{i}]{inner}")
+    explicit = raw.get("sweep", {}).get("points") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else None
+    for i, overrides in enumerate(explicit if isinstance(explicit, list) else ()):
+        changed = raw
+        for path_, value in (overrides.items() if isinstance(overrides, dict) else ()):
+            if not _is_spec_path(path_):
+                problems.append(f"sweep.points[{i}].{path_}: not a field of the spec")
+                continue
+            changed = _set_path(changed, path_, value)
+        problems += [f"sweep.points[{i}]: {problem}" for problem in _problems(changed) if problem not in problems]
     variants = raw.get("sweep", {}).get("variants") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else None
     for name, overrides in (variants.items() if isinstance(variants, dict) else ()):
         changed = raw

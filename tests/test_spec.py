@@ -23,9 +23,13 @@ def test_defaults_are_the_papers_recipe():
     assert spec.optimizer.weight_decay == 0.1
     assert spec.schedule.warmup_fraction == 0.05
     assert spec.schedule.tokens_per_task == 5_000_000_000
-    assert spec.schedule.reset_optimizer_per_task
+    assert spec.resets_optimizer and spec.restarts_warmup  # §IV-B: reset and restarted warm-up per task
     assert spec.steps_per_task == 9537  # §IV-B: "Each task consisted of 9,537 training steps."
+    assert spec.warmup_steps == 477  # 5% of them
     assert (spec.probe.eval_every, spec.probe.eval_sequences) == (95, 1280)
+    assert not spec.probe.same_data_order  # §IV-A: each probe "randomly subsampled" from the pool
+    assert not spec.probe.auc_includes_step0  # the AUC measures learning during probing
+    assert spec.probe.extended is None and spec.probe.every_cycles == 1  # §V-A: a probe at every cycle end
     assert spec.diagnostics.dormant_threshold == 0.01
     assert spec.lr == pytest.approx(3e-3)  # 5M at Appendix A's rule
 
@@ -38,6 +42,66 @@ def test_shipped_experiments_validate(path, capsys):
 
 def test_shipped_experiments_include_the_required_ones():
     assert {"demo.yaml", "paper_continual.yaml", "paper_stationary.yaml", "lr_grid.yaml"} <= {p.name for p in EXPERIMENTS}
+
+
+def _validate_output(name, capsys) -> str:
+    assert main(["validate", str(Path(__file__).parent.parent / "experiments" / name)]) == 0
+    return capsys.readouterr().out
+
+
+def test_validate_says_the_stationary_protocol_in_words(capsys):
+    out = _validate_output("paper_stationary.yaml", capsys)
+    assert "warm-up of 477 steps once at the start of the run, then a constant LR; AdamW never reset" in out
+    assert "a probe every 5B training tokens" in out
+    spec = load_spec(Path(__file__).parent.parent / "experiments" / "paper_stationary.yaml")
+    assert (spec.resets_optimizer, spec.restarts_warmup, spec.warmup_steps, spec.tasks_per_probe) == (False, False, 477, 1)
+    # The mode's protocol is the default, and an explicit value still wins.
+    bare = ExperimentSpec(name="s", schedule={"mode": "stationary"})
+    assert not bare.resets_optimizer and not bare.restarts_warmup
+    asked = ExperimentSpec(name="s", schedule={"mode": "stationary", "reset_optimizer_per_task": True,
+                                                "restart_warmup_per_task": True})
+    assert asked.resets_optimizer and asked.restarts_warmup
+    assert ExperimentSpec(name="s", schedule={"mode": "stationary"}, probe={"every_tokens": "15B"}).tasks_per_probe == 3
+
+
+def test_validate_says_the_continual_probes_in_words(capsys):
+    out = _validate_output("paper_continual.yaml", capsys)
+    assert "warm-up of 477 steps restarted at every task, then a constant LR; a fresh AdamW at every task" in out
+    assert "probes at cycle ends (after ru) and after zh, de;" in out
+    assert "a fresh random subsample for each probe" in out
+    assert "AUC over the evaluations during training (from step 95)" in out
+
+
+def test_the_paper_specs_state_the_papers_pools():
+    for name in ("paper_continual.yaml", "paper_stationary.yaml"):
+        data = load_spec(Path(__file__).parent.parent / "experiments" / name).data
+        assert [data.pool_tokens(lang, "train") for lang in data.languages] == [100_000_000_000] * 8, name
+        assert data.pool_tokens("vi", "train") == 20_000_000_000  # §IV-A: 20B Vietnamese training tokens
+        assert {data.pool_tokens(lang, "validation") for lang in (*data.languages, "vi")} == {1_000_000_000}
+    assert ExperimentSpec(name="x").data.pool_tokens("en", "train") is None  # default: all the source has
+
+
+def test_explicit_points_run_besides_the_grid():
+    from plasticity_ray.spec import point_labels
+
+    spec = ExperimentSpec(name="x", sweep={"grid": {"model.size": ["5M", "314M"], "optimizer.lr": [1e-3, 3e-3]},
+                                           "points": [{"model.size": "39M", "optimizer.lr": "paper"}]})
+    assert grid_points(spec)[-1] == {"model.size": "39M", "optimizer.lr": "paper"}
+    assert len(grid_points(spec)) == 5 and point_labels(spec)[-1] == "model.size=39M, optimizer.lr=paper"
+    only = ExperimentSpec(name="x", sweep={"points": [{"seed": 1}, {"seed": 2}]})
+    assert grid_points(only) == [{"seed": 1}, {"seed": 2}]  # no extra base run
+    with pytest.raises(ValueError, match="sweep.points: cannot be combined with sweep.search"):
+        ExperimentSpec(name="x", sweep={"points": [{"seed": 1}], "search": {"low": 1e-4, "high": 1e-2}})
+
+
+def test_lr_grid_trains_every_intermediate_size_at_its_interpolated_lr():
+    spec = load_spec(Path(__file__).parent.parent / "experiments" / "lr_grid.yaml")
+    runs = [with_overrides(spec, point) for point in grid_points(spec)]
+    table_ii = {"5M": 3.00, "12M": 2.30, "27M": 1.88, "39M": 1.73, "53M": 1.61, "83M": 1.41, "106M": 1.33,
+                "314M": 1.00}  # Table II's interpolation column, η × 10³, typed from the paper
+    for size, lr in table_ii.items():
+        assert any(r.model.size == size and round(r.lr * 1e3, 2) == lr for r in runs), size
+    assert len(runs) == 6 * 7 + 6
 
 
 def test_paper_continual_sweeps_the_eight_sizes_at_the_paper_lr():
@@ -74,6 +138,19 @@ BAD_SPECS = {
     "bad grid path": ("sweep: {grid: {optimizer.lrr: [1]}}", "sweep.grid.optimizer.lrr: not a field of the spec"),
     "not yaml": ("model: [", "not valid YAML"),
     "unknown tokenizer": ("data: {tokenizer: gpt2}", "data.tokenizer: must be 'qwen3' or 'byte'"),
+    "renamed probe field": ("probe: {after_languages: [zh]}", "probe.after_languages: now probe.extended: {languages"),
+    "extended language not trained": ("data: {languages: [en, ru]}\nprobe: {extended: {languages: [de]}}",
+                                      "probe.extended.languages: de not in data.languages"),
+    "extended cycles reversed": ("probe: {extended: {languages: [zh], cycles: [5, 2]}}",
+                                 "probe.extended.cycles: from 5 is after to 2"),
+    "extended cycles past the end": ("schedule: {cycles: 4}\nprobe: {extended: {languages: [zh], cycles: [6, 8]}}",
+                                     "probe.extended.cycles: starts after the last cycle (4)"),
+    "probe interval not whole chunks": ("schedule: {mode: stationary}\nprobe: {every_tokens: 7.5e9}",
+                                        "probe.every_tokens: 7500000000 is not a multiple of schedule.tokens_per_task"),
+    "pool mapping misses a language": ("data: {languages: [en, zh], train_tokens: {en: 1e9, zh: 1e9}}",
+                                       "data.train_tokens: no entry for vi"),
+    "bad explicit point": ("sweep: {points: [{model.size: 9M}]}", "sweep.points[0]: model.size: unknown size '9M'"),
+    "explicit point path": ("sweep: {points: [{optimizer.lrr: 1}]}", "sweep.points[0].optimizer.lrr: not a field"),
 }
 
 
@@ -130,8 +207,10 @@ def test_variants_cross_the_grid_and_bad_variants_name_their_field(tmp_path):
     good.write_text("name: v\nsweep:\n  grid: {seed: [0, 1]}\n  variants:\n    none: {}\n"
                     "    sp: {mitigations: [{name: shrink_perturb}]}\n")
     spec = load_spec(good)
-    assert grid_points(spec) == [{"seed": 0}, {"seed": 0, "mitigations": [{"name": "shrink_perturb"}]},
-                                 {"seed": 1}, {"seed": 1, "mitigations": [{"name": "shrink_perturb"}]}]
+    assert grid_points(spec) == [{"seed": 0, "label": "none"},
+                                 {"seed": 0, "mitigations": [{"name": "shrink_perturb"}], "label": "sp"},
+                                 {"seed": 1, "label": "none"},
+                                 {"seed": 1, "mitigations": [{"name": "shrink_perturb"}], "label": "sp"}]
     assert point_labels(spec) == ["seed=0, variant none", "seed=0, variant sp", "seed=1, variant none",
                                   "seed=1, variant sp"]
     bad = tmp_path / "bad.yaml"

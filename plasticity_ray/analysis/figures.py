@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from plasticity_ray.analysis.fits import FORMULAS, MODELS, predictor  # noqa: E402
-from plasticity_ray.analysis.onset import Onset, percent_change  # noqa: E402
+from plasticity_ray.analysis.onset import Onset  # noqa: E402
 from plasticity_ray.analysis.runs import Run  # noqa: E402
 
 MAX_PANELS = 8
@@ -25,10 +25,10 @@ class Skip(Exception):
     """The figure cannot be drawn from this experiment; the message says why."""
 
 
-def _continual(runs: list[Run], least: int = 1) -> list[Run]:
-    chosen = [r for r in runs if r.mode == "continual" and len(r.probes) >= least]
+def _continual(runs: list[Run], least: int = 1, cycle_ends: bool = False) -> list[Run]:
+    chosen = [r for r in runs if r.mode == "continual" and len(r.cycle_end_probes if cycle_ends else r.probes) >= least]
     if not chosen:
-        raise Skip(f"no continual run with at least {least} probe(s)")
+        raise Skip(f"no continual run with at least {least}{' cycle-end' if cycle_ends else ''} probe(s)")
     return chosen
 
 
@@ -60,22 +60,22 @@ def _by_size(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: (r.params, r.trial_id))
 
 
-def _change_plot(chosen: list[Run], x, xlabel: str, title: str) -> plt.Figure:
-    """Eq. (1)'s % change of probe AUC against `x(run, probe)`, one line per run."""
+def _change_plot(chosen: list[Run], x, xlabel: str, ylabel: str, title: str) -> plt.Figure:
+    """Eq. (1)'s % change of probe AUC at the cycle-end probes against `x(run, probe)`, one line per run."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in _by_size(chosen):
-        ax.plot([x(run, p) for p in run.probes], percent_change([p["auc"] for p in run.probes]), marker="o",
-                ms=3, label=run.label)
+        probes = run.cycle_end_probes
+        ax.plot([x(run, p) for p in probes], run.auc_change(probes), marker="o", ms=3, label=run.label)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel=xlabel, ylabel="% change in probe AUC vs first probe", title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     return fig
 
 
 def fig_auc_change(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
-    """Fig. 2: % change of probe AUC relative to the first probe vs cycle, one line per run."""
-    return _change_plot(_continual(runs, least=2), lambda run, p: run.cycles(p),
-                        "cycles trained (each cycle = every language once)",
+    """Fig. 2: % change of the cycle-end probes' AUC relative to the first cycle's vs cycle, one line per run."""
+    return _change_plot(_continual(runs, least=2, cycle_ends=True), lambda run, p: run.cycles(p),
+                        "cycles trained (each cycle = every language once)", "% change in probe AUC vs cycle 1",
                         "Plasticity over continual training (Eq. 1; above 0 = learns the probe language slower)")
 
 
@@ -84,7 +84,7 @@ def fig_stationary(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     chosen = [r for r in runs if r.mode == "stationary" and len(r.probes) >= 2]
     if not chosen:
         raise Skip("no stationary run with at least 2 probes")
-    return _change_plot(chosen, lambda run, p: p["tokens_seen"], "tokens trained",
+    return _change_plot(chosen, lambda run, p: p["tokens_seen"], "tokens trained", "% change in probe AUC vs first probe",
                         "Plasticity under a stationary mixture of languages")
 
 
@@ -227,7 +227,7 @@ def fig_fits(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
 
 def fig_mitigations(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     """% change of probe AUC vs cycle per variant (mean over seeds), one panel per size."""
-    chosen = [r for r in _continual(runs, least=2)]
+    chosen = _continual(runs, least=2, cycle_ends=True)
     if len({r.variant for r in chosen}) < 2:
         raise Skip("every run has the same variant: nothing to compare")
     sizes = sorted({r.size for r in chosen}, key=lambda s: next(r.params for r in chosen if r.size == s))
@@ -238,7 +238,7 @@ def fig_mitigations(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
             members = [r for r in chosen if r.size == size and r.variant == variant]
             by_cycle: dict[float, list[float]] = {}
             for run in members:
-                for probe, change in zip(run.probes, percent_change([p["auc"] for p in run.probes])):
+                for probe, change in zip(run.cycle_end_probes, run.auc_change(run.cycle_end_probes)):
                     by_cycle.setdefault(run.cycles(probe), []).append(change)
             xs = sorted(by_cycle)
             onset = [onsets[r.trial_id].task_instance for r in members if onsets[r.trial_id].task_instance]
@@ -247,7 +247,7 @@ def fig_mitigations(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
                     lw=2.5 if variant == "none" else 1.5, color="black" if variant == "none" else None,
                     label=f"{variant} ({len(members)} run{'s' if len(members) > 1 else ''}{note})")
         ax.axhline(0, color="grey", lw=0.8, ls="--")
-        ax.set(xlabel="cycles trained", ylabel="% change in probe AUC vs first probe", title=size)
+        ax.set(xlabel="cycles trained", ylabel="% change in probe AUC vs cycle 1", title=size)
         ax.legend(fontsize=7)
     fig.suptitle("Which mitigation keeps plasticity? (lower = learns the probe language faster)")
     fig.tight_layout()

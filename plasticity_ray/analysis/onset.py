@@ -1,6 +1,7 @@
 """From a run's probe AUCs to the onset of plasticity loss (§V-A, Appendix B).
 
-Eq. (1): the % change of each probe's AUC relative to the first probe. Appendix B: the AUC divided
+Eq. (1): the % change of each probe's AUC relative to AUC₁, the probe after the first cycle (a run
+picks it: `Run.auc_reference`). Appendix B: every probe's AUC (cycle ends and extended probes) divided
 by the probe-language-alone AUC (the baseline), smoothed by a centred moving average of window 3;
 the onset is the task-instance number (tasks trained so far) at the minimum of the smoothed curve.
 Dividing by the baseline does not move the minimum, so runs without a baseline still get an onset.
@@ -14,9 +15,9 @@ from dataclasses import dataclass, field
 WINDOW = 3
 
 
-def percent_change(aucs: list[float]) -> list[float]:
-    """Eq. (1): 100 · (AUC_k / AUC_first − 1)."""
-    return [100.0 * (a / aucs[0] - 1.0) for a in aucs] if aucs else []
+def percent_change(aucs: list[float], reference: float) -> list[float]:
+    """Eq. (1): 100 · (AUC_k / AUC_1 − 1), with AUC_1 = `reference`."""
+    return [100.0 * (a / reference - 1.0) for a in aucs]
 
 
 def moving_average(values: list[float], window: int = WINDOW) -> list[float | None]:

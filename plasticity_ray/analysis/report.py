@@ -20,9 +20,10 @@ ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", 
 
 # (file stem, caption, drawing function)
 RUN_FIGURES = [
-    ("fig2_auc_change", "% change of the probe AUC relative to the first probe (Eq. 1) against cycles trained, "
-     "one line per run: a rising line is plasticity being lost.", figures.fig_auc_change),
-    ("fig4_stationary", "The same for runs on a stationary mixture of languages, against tokens.", figures.fig_stationary),
+    ("fig2_auc_change", "% change of the probe AUC at each cycle end relative to the end of cycle 1 (Eq. 1) against "
+     "cycles trained, one line per run: a rising line is plasticity being lost.", figures.fig_auc_change),
+    ("fig4_stationary", "The same for runs on a stationary mixture of languages, relative to the first probe, against "
+     "tokens.", figures.fig_stationary),
     ("fig5_correlates", "Average weight magnitude and % dormant MLP units at each probe point; dotted lines mark "
      "each run's onset.", figures.fig_correlates),
     ("fig6_dormant_layers", "% dormant MLP units per layer at each probe point.", figures.fig_dormant_layers),
@@ -30,7 +31,7 @@ RUN_FIGURES = [
      "last probe point.", figures.fig_attention),
     ("fig9_onset", "Probe AUC divided by the probe-language-alone AUC, its centred moving average (window 3) and "
      "the onset: the minimum of the smoothed curve (Appendix B).", figures.fig_onset_curves),
-    ("fig_mitigations", "% change of the probe AUC against cycles for each variant (mitigation), mean over "
+    ("fig_mitigations", "% change of the cycle-end probes' AUC (Eq. 1) against cycles for each variant (mitigation), mean over "
      "seeds, one panel per size: a flatter line keeps more plasticity.", figures.fig_mitigations),
 ]
 FIT_FIGURES = [
@@ -73,11 +74,9 @@ MITIGATION_COLUMNS = ["size", "variant", "runs", "onset_tasks", "onsets", "final
 def mitigation_table(runs: list[Run], onsets: dict[str, Onset]) -> list[dict]:
     """Per size and variant (mean over seeds): the onset, the last probe's AUC change (Eq. 1), and
     the last cycle's train loss with its cost relative to the size's "none" variant."""
-    from plasticity_ray.analysis.onset import percent_change
-
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        if run.mode == "continual" and run.probes:
+        if run.mode == "continual" and run.cycle_end_probes:
             groups.setdefault((run.size, run.variant), []).append(run)
 
     def mean(values):
@@ -92,7 +91,7 @@ def mitigation_table(runs: list[Run], onsets: dict[str, Onset]) -> list[dict]:
             "size": size, "variant": variant, "runs": len(members),
             "onset_tasks": mean(found),
             "onsets": " ".join(str(t) if t is not None else onsets[r.trial_id].status for t, r in zip(found, members)),
-            "final_auc_change_percent": mean([percent_change([p["auc"] for p in r.probes])[-1] for r in members]),
+            "final_auc_change_percent": mean([r.auc_change(r.cycle_end_probes)[-1] for r in members]),
             "last_cycle_train_loss": mean([r.last_cycle_loss() for r in members]),
         })
     for row in rows:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plasticity_ray.analysis.onset import percent_change
 from plasticity_ray.model.sizes import resolve_size
 from plasticity_ray.probe.service import read_rows as read_job_rows
 from plasticity_ray.train.alarms import read_alarms
@@ -66,6 +67,27 @@ class Run:
 
     def tasks_trained(self, probe: dict) -> int:
         return probe["task_index"] + 1
+
+    @property
+    def cycle_end_probes(self) -> list[dict]:
+        """Figure 2's series: the probes at cycle ends (stationary runs: every probe, Figure 4's),
+        without the extended probes after chosen languages mid-cycle (Appendix B)."""
+        if self.mode == "stationary":
+            return self.probes
+        return [p for p in self.probes if self.tasks_trained(p) % self.languages == 0]
+
+    @property
+    def auc_reference(self) -> dict | None:
+        """Eq. (1)'s AUC₁: the probe at the end of the first cycle (stationary: the first probe), or
+        the earliest cycle-end probe there is when that one is missing."""
+        return self.cycle_end_probes[0] if self.cycle_end_probes else None
+
+    def auc_change(self, probes: list[dict]) -> list[float | None]:
+        """Eq. (1)'s % change of each probe's AUC against `auc_reference` (None without one)."""
+        reference = self.auc_reference
+        if reference is None:
+            return [None] * len(probes)
+        return percent_change([p["auc"] for p in probes], reference["auc"])
 
     def cycles(self, probe: dict) -> float:
         return self.tasks_trained(probe) / self.languages

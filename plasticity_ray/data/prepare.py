@@ -176,7 +176,7 @@ def _data_error_in(err: BaseException) -> DataError | None:
 def _write_language(spec: ExperimentSpec, language: str, writers: dict[str, UnitWriter], say: Callable[[str], None]) -> dict:
     data = spec.data
     row_len = data.seq_len + 1
-    caps = {"train": data.train_tokens, "validation": data.validation_tokens}
+    caps = {s: data.pool_tokens(language, s) for s in SPLITS}
     cap_rows = {s: None if caps[s] is None else max(1, caps[s] // row_len) for s in SPLITS}
     packers = {s: Packer(row_len) for s in SPLITS}
     docs = {s: 0 for s in SPLITS}

@@ -10,6 +10,10 @@ Stationary mode: every task is a mixture; each language contributes a fixed quot
 task (its weight's share, largest-remainder rounding), taken from its own stream as above, and the
 quotas are interleaved row by row in a seeded order.
 
+Probes and evaluations draw from the same machinery: probe k trains on the start of a stream of
+its own (a seeded random subsample of the probe pool, `probe_draw`), and every evaluation set is
+the start of one seeded permutation of a validation pool (`validation_sample`).
+
 The shuffle works on row groups (ROW_GROUP_ROWS rows): a pass permutes the row groups, and rows
 are shuffled again inside windows of WINDOW_GROUPS consecutive groups of that order, so a window
 is read once and its rows are well mixed. Everything depends only on (seed, language, pass,
@@ -31,6 +35,11 @@ from plasticity_ray.spec import ALL_LANGUAGES, ExperimentSpec
 
 WINDOW_GROUPS = 8
 WINDOW_ROWS = WINDOW_GROUPS * ROW_GROUP_ROWS
+# Seed tags of the probe draws and the validation samples: beyond any pass number, so their seeds
+# never equal a training stream's (numpy's SeedSequence ignores trailing zeros, so lengths alone
+# do not keep seeds apart).
+PROBE_DRAW_TAG = 2**32 - 1
+VALIDATION_TAG = 2**32 - 2
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,14 @@ def mixture_quotas(spec: ExperimentSpec) -> dict[str, int]:
 
 
 class LanguageStream:
-    """The endless seeded order of one pool's rows: position → global row index."""
+    """The endless seeded order of one pool's rows: position → global row index. `draw` keys a
+    stream of its own over the same pool (a probe's subsample)."""
 
-    def __init__(self, pool_rows: int, seed: int, language: str):
+    def __init__(self, pool_rows: int, seed: int, language: str, draw: tuple[int, ...] = ()):
         if pool_rows <= 0:
             raise ValueError(f"{language}: empty pool")
         self.n = pool_rows
-        self.key = (seed, ALL_LANGUAGES.index(language))
+        self.key = (seed, ALL_LANGUAGES.index(language), *draw)
         self.groups = -(-pool_rows // ROW_GROUP_ROWS)
 
     def passes_for(self, positions: int) -> int:
@@ -142,13 +152,40 @@ def task_rows(spec: ExperimentSpec, prepared: Prepared, index: int) -> TaskRows:
 
 def pool_usage(spec: ExperimentSpec, prepared: Prepared) -> dict[str, dict]:
     """Per language: rows the whole run reads, rows in the pool, and how many passes that takes
-    (more than 1 means the run sees some rows again: the pool is too small for the schedule)."""
+    (more than 1 means the run sees some rows again: the pool is too small for the schedule). For
+    the probe language, what one probe reads: more than one pass means a probe repeats rows."""
     usage = {}
     quotas = mixture_quotas(spec) if spec.schedule.mode == "stationary" else None
     for lang, stream in _streams(spec, prepared).items():
         needed = spec.tasks * quotas[lang] if quotas else spec.schedule.cycles * rows_per_task(spec)
         usage[lang] = {"rows_needed": needed, "pool_rows": stream.n, "passes": stream.passes_for(needed)}
+    if spec.probe.enabled:
+        pool = prepared.unit(spec.data.probe_language, "train").rows
+        needed = spec.probe_steps * spec.global_sequences
+        usage[spec.data.probe_language] = {"rows_needed": needed, "pool_rows": pool, "passes": math.ceil(needed / pool),
+                                           "per": "probe"}
     return usage
+
+
+def probe_draw(spec: ExperimentSpec, prepared: Prepared, probe_index: int) -> np.ndarray:
+    """Rows of the probe pool that probe number `probe_index` trains on, in training order: a
+    seeded random subsample (whole row groups, rows shuffled within windows) drawn afresh for every
+    probe (§IV-A: 5B tokens "randomly subsampled" from the 20B-token pool), or with
+    `probe.same_data_order` the same rows for every probe. Depends only on (seed, probe_index), so a
+    re-run probe trains on exactly the same rows."""
+    unit = prepared.unit(spec.data.probe_language, "train")
+    draw = () if spec.probe.same_data_order else (PROBE_DRAW_TAG, probe_index)
+    stream = LanguageStream(unit.rows, spec.seed, spec.data.probe_language, draw)
+    return stream.rows(0, spec.probe_steps * spec.global_sequences)
+
+
+def validation_sample(spec: ExperimentSpec, prepared: Prepared, language: str, count: int) -> np.ndarray:
+    """Token ids of `count` rows sampled at random from `language`'s validation pool (all of it when
+    smaller), seeded by the run's seed: the same rows at every probe point, and a smaller sample is
+    the start of a larger one (the dormant-unit rows are among the probe's evaluation rows)."""
+    unit = prepared.unit(language, "validation")
+    order = np.random.default_rng([spec.seed, ALL_LANGUAGES.index(language), VALIDATION_TAG]).permutation(unit.rows)
+    return unit.take(np.sort(order[:count]))  # sorted: the mean loss does not depend on the order
 
 
 def _read_rows(batch: dict, units: dict[str, Unit]) -> dict:

@@ -1,4 +1,4 @@
-"""All the diagnostics a spec enables, on one model, from the fixed validation sets."""
+"""All the diagnostics a spec enables, on one model, on seeded random samples of the validation pools."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from pathlib import Path
 
 from plasticity_ray.data.prepare import Prepared
+from plasticity_ray.data.schedule import validation_sample
 from plasticity_ray.diagnostics.attention import attention_entropy
 from plasticity_ray.diagnostics.dormant import activation_dormancy, gradient_dormancy
 from plasticity_ray.diagnostics.weights import average_magnitude, model_ranks, relative_distance
@@ -16,9 +17,8 @@ from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.train.recipe import autocast
 
 
-def _validation(prepared: Prepared, language: str, count: int, device: torch.device) -> torch.Tensor:
-    unit = prepared.unit(language, "validation")
-    return torch.from_numpy(unit.take(np.arange(min(count, unit.rows))).astype(np.int64)).to(device)
+def _validation(spec: ExperimentSpec, prepared: Prepared, language: str, count: int, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(validation_sample(spec, prepared, language, count).astype(np.int64)).to(device)
 
 
 def diagnose(spec: ExperimentSpec, prepared: Prepared, model: GPT, previous: dict | None = None) -> dict:
@@ -41,13 +41,13 @@ def diagnose(spec: ExperimentSpec, prepared: Prepared, model: GPT, previous: dic
             "per_matrix": ranks,
         }
     if {"dormant_units", "grama"} & set(d.enabled):
-        rows = _validation(prepared, spec.data.probe_language, d.dormant_sequences, device)
+        rows = _validation(spec, prepared, spec.data.probe_language, d.dormant_sequences, device)
         if "dormant_units" in d.enabled:
             out["dormant_units"] = activation_dormancy(model, rows, d.dormant_threshold, precision=precision)
         if "grama" in d.enabled:
             out["grama"] = gradient_dormancy(model, rows, d.dormant_threshold, precision=precision)
     if "attention_entropy" in d.enabled:
-        rows = _validation(prepared, d.entropy_language, d.entropy_sequences, device)
+        rows = _validation(spec, prepared, d.entropy_language, d.entropy_sequences, device)
         out["attention_entropy"] = attention_entropy(model, rows, d.entropy_first_query, precision=precision)
     return out
 

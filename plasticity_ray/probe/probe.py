@@ -1,9 +1,13 @@
 """One probe (§III, §IV-A): a copy of the model trained on the probe language with the same recipe
-as a task — fresh AdamW, the same LR and warm-up, the same batch — for `probe.tokens`, evaluated on
-a fixed validation set at step 0 and every `probe.eval_every` steps. Nothing is written back.
+as a task — fresh AdamW, the same LR and warm-up, the same batch — for `probe.tokens` on its own
+random subsample of the probe pool, evaluated on a seeded random sample of the validation pool at
+step 0 and every `probe.eval_every` steps (and the last). Nothing is written back.
 
 AUC = trapezoidal area under validation loss vs. probe step, divided by the step span, so it is in
-loss units (Table III's ~3.0). A probe of a freshly initialised model is the "probe language alone"
+loss units (Table III's ~3.0). By default it covers the evaluations made during probe training
+(§IV-A measures "how efficiently the model learned during probing"); the step-0 evaluation,
+zero-shot transfer before any learning, stays in the curve and enters the AUC only with
+`probe.auc_includes_step0`. A probe of a freshly initialised model is the "probe language alone"
 baseline of Appendix B.
 """
 
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 
 from plasticity_ray.data.prepare import Prepared
-from plasticity_ray.data.schedule import LanguageStream
+from plasticity_ray.data.schedule import probe_draw, validation_sample
 from plasticity_ray.data.shards import Unit
 from plasticity_ray.model.gpt import GPT
 from plasticity_ray.spec import ExperimentSpec
@@ -35,19 +39,13 @@ def area_under_curve(steps: list[int], losses: list[float]) -> float:
     return area / (steps[-1] - steps[0])
 
 
-def probe_train_rows(spec: ExperimentSpec, prepared: Prepared, probe_index: int) -> np.ndarray:
-    """Rows of the probe language's train pool for probe number `probe_index` (seeded; the same
-    rows for every probe when `probe.same_data_order`, else the next ones of the stream)."""
-    unit = prepared.unit(spec.data.probe_language, "train")
-    count = spec.probe_steps * spec.global_sequences
-    start = 0 if spec.probe.same_data_order else probe_index * count
-    return LanguageStream(unit.rows, spec.seed, spec.data.probe_language).rows(start, start + count)
-
-
-def probe_eval_rows(spec: ExperimentSpec, prepared: Prepared) -> np.ndarray:
-    """The fixed validation set: the first `probe.eval_sequences` rows of the validation pool."""
-    unit = prepared.unit(spec.data.probe_language, "validation")
-    return unit.take(np.arange(min(spec.probe.eval_sequences, unit.rows)))
+def probe_auc(curve: list[tuple[int, float]], includes_step0: bool) -> float:
+    """The AUC of a probe's (step, validation loss) curve, with or without its step-0 point; a probe
+    too short for a second evaluation during training gets its one loss (a curve's mean height)."""
+    points = curve if includes_step0 else [(s, v) for s, v in curve if s > 0]
+    if len(points) == 1:
+        return points[0][1]
+    return area_under_curve([s for s, _ in points], [v for _, v in points])
 
 
 def _batches(unit: Unit, rows: np.ndarray, batch: int):
@@ -73,11 +71,12 @@ def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | 
     optimizer = make_optimizer(model, spec, device)
     steps, every = spec.probe_steps, spec.probe.eval_every
     warmup = math.ceil(spec.schedule.warmup_fraction * steps)
-    validation = torch.from_numpy(probe_eval_rows(spec, prepared).astype(np.int64)).to(device)
+    ids = validation_sample(spec, prepared, spec.data.probe_language, spec.probe.eval_sequences)
+    validation = torch.from_numpy(ids.astype(np.int64)).to(device)
     unit = prepared.unit(spec.data.probe_language, "train")
     curve = [(0, evaluate(model, validation, micro, precision))]
     model.train()
-    batches = _batches(unit, probe_train_rows(spec, prepared, probe_index), spec.global_sequences)
+    batches = _batches(unit, probe_draw(spec, prepared, probe_index), spec.global_sequences)
     for step, ids in zip(range(steps), batches):
         rows = torch.from_numpy(ids.astype(np.int64)).to(device)
         train_step(model, optimizer, list(rows.split(micro)), lr_at(step, spec.lr, warmup),
@@ -85,7 +84,8 @@ def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | 
         if (step + 1) % every == 0 or step + 1 == steps:
             curve.append((step + 1, evaluate(model, validation, micro, precision)))
     return {
-        "auc": area_under_curve([s for s, _ in curve], [v for _, v in curve]),
+        "auc": probe_auc(curve, spec.probe.auc_includes_step0),
+        "auc_from_step": curve[0][0] if spec.probe.auc_includes_step0 else curve[1][0],
         "curve": [{"step": s, "val_loss": v} for s, v in curve],
         "steps": steps, "eval_sequences": len(validation), "probe_index": probe_index,
         "final_val_loss": curve[-1][1], "checkpoint": str(checkpoint_path) if checkpoint_path else None,

@@ -11,7 +11,6 @@ import csv
 import io
 from pathlib import Path
 
-from plasticity_ray.analysis.onset import percent_change
 from plasticity_ray.analysis.runs import Run, load_run, run_dirs
 from plasticity_ray.storage import write_bytes_atomic
 from plasticity_ray.train.loop import COMPLETE_FILE
@@ -25,7 +24,7 @@ PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "langu
 
 def _probe_rows(run: Run, trial: dict) -> list[dict]:
     rows = []
-    for r, change in zip(run.probes, percent_change([p["auc"] for p in run.probes])):
+    for r, change in zip(run.probes, run.auc_change(run.probes)):
         d = run.diagnostics.get(r["task_index"], {})
         rows.append({
             "trial_id": trial["trial_id"], "size": trial["size"], "lr": trial["lr"], "seed": trial["seed"],
@@ -59,10 +58,11 @@ def trial(run_dir: Path) -> tuple[dict, list[dict]]:
         "first_alarm": f"{first_alarm['signal']} after task {first_alarm['task'] + 1}" if first_alarm else None,
     }
     points = _probe_rows(run, row)
+    regular = run.cycle_end_probes
     row.update({
         "probes_done": len(points),
-        "latest_auc": points[-1]["auc"] if points else None,
-        "auc_change_percent": points[-1]["auc_change_percent"] if points else None,
+        "latest_auc": regular[-1]["auc"] if regular else None,
+        "auc_change_percent": run.auc_change(regular)[-1] if regular else None,
     })
     return row, points
 

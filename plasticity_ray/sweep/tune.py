@@ -27,7 +27,7 @@ from plasticity_ray.sweep.results import trial
 from plasticity_ray.train.launch import experiment_dir, run_dir, run_training
 
 TUNE_DIR = "tune"  # <experiment dir>/tune: Tune's own state, result tables and TensorBoard files
-VARIANT = "variant"  # the trial config key naming one of sweep.variants
+POINT = "point"  # the trial config key holding one of `grid_points` (dotted-path overrides)
 
 
 class _TrialReport(TuneReportCallback):
@@ -49,13 +49,10 @@ def _tune_row(directory: Path) -> dict:
 
 
 def run_trial(config: dict, base: dict) -> None:
-    """One trial: the base spec with the trial's dotted-path overrides (and its variant's), trained
-    to the end."""
-    base_spec = ExperimentSpec.model_validate(base)
-    overrides = {k: v for k, v in config.items() if k != VARIANT}
-    if VARIANT in config:
-        overrides.update({**base_spec.sweep.variants[config[VARIANT]], "label": config[VARIANT]})
-    spec = with_overrides(base_spec, overrides, source="sweep point")
+    """One trial: the base spec with the trial's point (and, in an Optuna search, the sampled
+    value) applied, trained to the end."""
+    overrides = {**config.get(POINT, {}), **{k: v for k, v in config.items() if k != POINT}}
+    spec = with_overrides(ExperimentSpec.model_validate(base), overrides, source="sweep point")
     directory = run_dir(spec)
     summary = run_training(spec, say=print, callbacks=[_TrialReport(str(directory))])
     if not summary.complete:
@@ -64,12 +61,9 @@ def run_trial(config: dict, base: dict) -> None:
 
 
 def search_space(spec: ExperimentSpec) -> dict[str, Any]:
-    """The grid as Tune grid searches over dotted spec paths, and one over the variants' names
-    (their product is `grid_points`)."""
-    space = {path: tune.grid_search(list(values)) for path, values in spec.sweep.grid.items()}
-    if spec.sweep.variants:
-        space[VARIANT] = tune.grid_search(list(spec.sweep.variants))
-    return space
+    """One Tune grid search over the sweep's points (`grid_points`: the grid's product, the
+    explicit points and the variants, expanded once in the spec)."""
+    return {POINT: tune.grid_search(grid_points(spec))}
 
 
 def per_trial(spec: ExperimentSpec) -> dict[str, float]:
@@ -186,7 +180,7 @@ def _optuna_tuner(spec: ExperimentSpec, point: dict, concurrent: int, resume: bo
         f"{point_label(point)}: {search.samples} trial(s), up to {concurrent} at once")
     return _tuner(
         spec, f"{TUNE_DIR}-{point_label(point)}", resume, say,
-        {**point, search.parameter: sample(search.low, search.high)},
+        {POINT: point, search.parameter: sample(search.low, search.high)},
         tune.TuneConfig(search_alg=OptunaSearch(metric=search.metric, mode="min", seed=spec.seed),
                         num_samples=search.samples, max_concurrent_trials=concurrent),
     )

@@ -60,11 +60,16 @@ class Hooks:
 
 
 def is_probe_point(spec: ExperimentSpec, task: Task) -> bool:
-    """End of every `probe.every_cycles`-th cycle, and (continual) after each of `probe.after_languages`."""
+    """Continual: the end of every `probe.every_cycles`-th cycle, and after each language of
+    `probe.extended` in its cycles. Stationary: every `probe.every_tokens` of training."""
     if not spec.probe.enabled:
         return False
-    end_of_cycle = task.position == len(spec.data.languages) - 1 and (task.cycle + 1) % spec.probe.every_cycles == 0
-    return end_of_cycle or (task.language is not None and task.language in spec.probe.after_languages)
+    if task.language is None:
+        return (task.index + 1) % spec.tasks_per_probe == 0
+    if task.position == len(spec.data.languages) - 1:
+        return (task.cycle + 1) % spec.probe.every_cycles == 0
+    extended = spec.probe.extended
+    return extended is not None and task.language in extended.languages and extended.covers(task.cycle)
 
 
 def probe_ordinal(spec: ExperimentSpec, task_index: int) -> int:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from ray.train.v2._internal.execution import context as ray_train_context
 
 from plasticity_ray.data.prepare import load_prepared
-from plasticity_ray.data.schedule import Task, task_info, task_stream
+from plasticity_ray.data.schedule import Task, task_info, task_stream, validation_sample
 from plasticity_ray.data.tokenizers import tokenizer_class
 from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import ExperimentSpec
@@ -35,7 +35,7 @@ from plasticity_ray.train import checkpoint
 from plasticity_ray.train.hooks import Hooks, ProbePoint, StepEnd, TaskEnd, default_hooks, is_probe_point
 from plasticity_ray.train.alarms import AlarmBook, near_zero_fraction
 from plasticity_ray.train.metrics import RunLog, read_rows
-from plasticity_ray.train.recipe import autocast, evaluate, lr_at, make_optimizer, train_step
+from plasticity_ray.train.recipe import autocast, evaluate, make_optimizer, scheduled_lr, train_step
 
 CPU_MICRO_BATCH_TOKENS = 2**16
 COMPLETE_FILE = "complete.json"
@@ -151,7 +151,7 @@ class Trainer:
         for index in range(self.position.task, spec.tasks):
             task = task_info(spec, index)
             start = self.position.step if index == self.position.task else 0
-            if start == 0 and spec.schedule.reset_optimizer_per_task:
+            if start == 0 and spec.resets_optimizer:
                 self.optimizer = make_optimizer(self.model, spec, self.device)
             batches, upcoming = upcoming, (self._stream(index + 1, 0) if index + 1 < spec.tasks else None)
             self._run_task(task, start, batches)
@@ -189,7 +189,7 @@ class Trainer:
                           if r["task"] == task.index and r["step"] <= start] if start and self.rank == 0 else []
         for step, ids in zip(range(start, steps), batches):
             rows = self.last_rows = torch.from_numpy(ids.astype(np.int64)).to(self.device, non_blocking=True)
-            lr = lr_at(step, spec.lr, spec.warmup_steps)
+            lr = scheduled_lr(spec, task.index, step)
             loss, grad_norm = train_step(self.train_model, self.optimizer, list(rows.split(self.micro_batch)), lr,
                                          spec.optimizer.grad_clip, self.precision)
             global_step = task.index * steps + step
@@ -237,14 +237,13 @@ class Trainer:
         return row
 
     def _validation_loss(self, task: Task) -> float:
-        """Loss on the first `train.eval_sequences` validation rows of the task's language (the
-        mean over the languages for a stationary mixture); rank 0 only, on the unwrapped model."""
+        """Loss on a seeded sample of `train.eval_sequences` validation rows of the task's language
+        (the mean over the languages for a stationary mixture); rank 0 only, on the unwrapped model."""
         languages = [task.language] if task.language else list(self.spec.data.languages)
         losses = []
         for language in languages:
             if language not in self._validation:
-                unit = self.prepared.unit(language, "validation")
-                ids = unit.take(np.arange(min(self.spec.train.eval_sequences, unit.rows)))
+                ids = validation_sample(self.spec, self.prepared, language, self.spec.train.eval_sequences)
                 self._validation[language] = torch.from_numpy(ids.astype(np.int64)).to(self.device)
             losses.append(evaluate(self.model, self._validation[language], self.micro_batch, self.precision))
         return sum(losses) / len(losses)

@@ -2,8 +2,10 @@
 
 AdamW (§IV-B: β = (0.9, 0.95), weight decay 0.1) with weight decay on the weight matrices and the
 embeddings (every parameter of two or more dimensions) and none on biases and LayerNorm gains;
-a linear warm-up over the first 5% of a task's steps, then a constant rate; a fresh optimizer and
-a restarted warm-up at every task. One step = gradient accumulation over micro-batches.
+a linear warm-up over the first 5% of a task's steps, then a constant rate. Continual runs get a
+fresh optimizer and a restarted warm-up at every task (§IV-B); stationary runs one warm-up of the
+same length at the start and one optimizer throughout (§V-B). One step = gradient accumulation
+over micro-batches.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def lr_at(step: int, peak: float, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return peak
     return peak * min(1.0, (step + 1) / warmup_steps)
+
+
+def scheduled_lr(spec: ExperimentSpec, task_index: int, step: int) -> float:
+    """The LR of step `step` (0-based) of task `task_index`: the warm-up counts from the task's start
+    when it restarts per task, else from the run's start."""
+    steps_done = step if spec.restarts_warmup else task_index * spec.steps_per_task + step
+    return lr_at(steps_done, spec.lr, spec.warmup_steps)
 
 
 def autocast(device: torch.device, precision: str):

@@ -75,3 +75,70 @@ def test_variants_are_compared_side_by_side(tmp_path, write_run, capsys):
     assert float(rows["shrink_perturb"]["train_loss_cost_percent"]) == pytest.approx(100 * (5.15 / 4.65 - 1))
     assert (root / "analysis" / "fig_mitigations.png").exists()
     assert "## Mitigations" in (root / "analysis" / "report.md").read_text()
+
+
+def _add_extended_probes(run_dir, aucs: dict[int, float], languages: dict[int, str]):
+    """Extended-probing rows (Appendix B) next to the cycle-end rows `write_run` wrote."""
+    for task, auc in aucs.items():
+        row = {"status": "ok", "auc": auc, "checkpoint": f"x/{task}", "task_index": task, "cycle": task // 8,
+               "language": languages[task % 8], "tokens_seen": (task + 1) * 1000}
+        (run_dir / "probes" / f"task-{task:05d}.json").write_text(json.dumps(row))
+
+
+def test_eq1_uses_the_cycle_1_probe_figure_2_cycle_ends_and_onsets_every_probe(tmp_path, write_run, capsys):
+    from plasticity_ray.analysis import figures
+    from plasticity_ray.analysis.report import language_table, onset_rows
+    from plasticity_ray.analysis.runs import load_run
+
+    root = tmp_path / "extended"
+    cycle_ends = [3.0, 2.9, 2.8, 2.9, 3.1]  # after tasks 8, 16, 24, 32, 40 (ru)
+    write_run(root, "run", "5M", "paper", cycle_ends, baseline=4.0)
+    # zh after tasks 2, 10, 18, ... and de after tasks 6, 14, 22, ...: the de probe after 22 tasks is the
+    # lowest point, and the zh probe after task 2 comes before any cycle end.
+    extended = {1: 3.3, 5: 3.2, 9: 3.0, 13: 2.95, 17: 2.8, 21: 2.6, 25: 2.85, 29: 2.9, 33: 3.0, 37: 3.05}
+    _add_extended_probes(root / "run", extended, {1: "zh", 5: "de"})
+    run = load_run(root / "run")
+    assert [run.tasks_trained(p) for p in run.probes][:4] == [2, 6, 8, 10]
+
+    # Eq. (1): AUC₁ is the probe at the end of cycle 1 (3.0), not the first probe (zh after task 2, 3.3).
+    assert run.auc_reference["task_index"] == 7
+    changes = dict(zip([p["task_index"] for p in run.probes], run.auc_change(run.probes)))
+    assert changes[7] == 0.0 and changes[1] == pytest.approx(10.0) and changes[39] == pytest.approx(100 * (3.1 / 3 - 1))
+
+    # Figure 2: cycle-end probes only, one point per cycle.
+    fig = figures.fig_auc_change([run], {})
+    xs, ys = fig.axes[0].lines[0].get_data()
+    assert list(xs) == [1, 2, 3, 4, 5]
+    assert list(ys) == pytest.approx([100 * (a / 3.0 - 1) for a in cycle_ends])
+
+    # Onsets (Appendix B): every probe, normalised by the baseline, smoothed; the valley is at 22 tasks.
+    rows, onsets = onset_rows([run])
+    assert onsets["run"].tasks == sorted([t + 1 for t in extended] + [8, 16, 24, 32, 40])
+    assert onsets["run"].values[0] == pytest.approx(3.3 / 4.0)
+    assert rows[0]["onset_tasks"] == 22 and rows[0]["status"] == "found"
+
+    # Table III: mean AUC by the language trained just before the probe.
+    table = {r["preceding_language"]: r for r in language_table([run])}
+    assert set(table) == {"zh", "de", "ru"}
+    assert table["zh"]["probes"] == 5 and table["zh"]["mean_auc"] == pytest.approx((3.3 + 3.0 + 2.8 + 2.85 + 3.0) / 5)
+    assert table["ru"]["mean_auc"] == pytest.approx(sum(cycle_ends) / 5)
+
+    # The tables the user reads say the same.
+    assert main(["results", str(root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trials"][0]["auc_change_percent"] == pytest.approx(100 * (3.1 / 3 - 1))  # the last cycle end
+    by_task = {p["task_index"]: p for p in result["probes"]}
+    assert by_task[7]["auc_change_percent"] == 0.0 and by_task[1]["auc_change_percent"] == pytest.approx(10.0)
+
+
+def test_stationary_eq1_is_against_the_first_probe(tmp_path, write_run):
+    from plasticity_ray.analysis.runs import load_run
+
+    write_run(tmp_path / "s", "run", "5M", "paper", [3.0, 2.9, 3.3], baseline=4.0)
+    spec_file = tmp_path / "s" / "run" / "spec.json"
+    spec = json.loads(spec_file.read_text())
+    spec["schedule"]["mode"] = "stationary"
+    spec_file.write_text(json.dumps(spec))
+    run = load_run(tmp_path / "s" / "run")
+    assert run.cycle_end_probes == run.probes
+    assert run.auc_change(run.probes) == pytest.approx([0.0, 100 * (2.9 / 3 - 1), 10.0])

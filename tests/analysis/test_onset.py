@@ -6,8 +6,9 @@ from plasticity_ray.analysis.onset import find_onset, moving_average, percent_ch
 
 
 def test_percent_change_is_eq_1():
-    assert percent_change([4.0, 3.0, 5.0]) == [0.0, -25.0, 25.0]
-    assert percent_change([]) == []
+    assert percent_change([4.0, 3.0, 5.0], 4.0) == [0.0, -25.0, 25.0]
+    assert percent_change([3.0, 6.0], 4.0) == [-25.0, 50.0]
+    assert percent_change([], 4.0) == []
 
 
 def test_moving_average_is_centred_with_window_3():

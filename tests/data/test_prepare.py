@@ -88,7 +88,7 @@ def test_prepare_again_skips_and_changes_nothing(demo_prepared, demo_spec):
 def test_changing_the_data_spec_writes_elsewhere(demo_spec):
     other = with_overrides(demo_spec, {"data.seq_len": 64})
     assert prepared_root(other) != prepared_root(demo_spec)
-    english_only = {"data.languages": ["en"], "diagnostics.entropy_language": "en", "probe.after_languages": []}
+    english_only = {"data.languages": ["en"], "diagnostics.entropy_language": "en", "probe.extended": None}
     assert prepared_root(with_overrides(demo_spec, english_only)) == prepared_root(demo_spec)
 
 

@@ -9,7 +9,8 @@ import yaml
 
 from plasticity_ray.cli import main
 from plasticity_ray.model.gpt import GPT
-from plasticity_ray.probe.probe import area_under_curve, probe_train_rows, run_probe
+from plasticity_ray.data.schedule import probe_draw, validation_sample
+from plasticity_ray.probe.probe import area_under_curve, probe_auc, run_probe
 from plasticity_ray.spec import with_overrides
 from plasticity_ray.train import checkpoint
 from plasticity_ray.train.loop import model_config
@@ -21,6 +22,19 @@ def test_auc_is_the_mean_height_of_the_curve():
     assert area_under_curve([0, 5, 10], [4.0, 2.0, 2.0]) == pytest.approx((15 + 10) / 10)
     with pytest.raises(ValueError):
         area_under_curve([0], [1.0])
+
+
+def test_the_auc_leaves_out_step_0_unless_asked():
+    # Zero-shot 6.0 at step 0, then 4.0, 3.0, 3.0 while learning (evaluations every 95 steps and the last).
+    curve = [(0, 6.0), (95, 4.0), (190, 3.0), (250, 3.0)]
+    during = (95 * (4.0 + 3.0) / 2 + 60 * 3.0) / (250 - 95)
+    assert probe_auc(curve, includes_step0=False) == pytest.approx(during)
+    assert probe_auc(curve, includes_step0=True) == pytest.approx((95 * 5.0 + 95 * 3.5 + 60 * 3.0) / 250)
+    # A curve whose zero-shot point alone differs: only the step-0 AUC sees it.
+    better_start = [(0, 4.5)] + curve[1:]
+    assert probe_auc(better_start, includes_step0=False) == probe_auc(curve, includes_step0=False)
+    assert probe_auc(better_start, includes_step0=True) < probe_auc(curve, includes_step0=True)
+    assert probe_auc([(0, 6.0), (40, 4.5)], includes_step0=False) == 4.5  # one evaluation while learning
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +68,12 @@ def test_a_probe_trains_a_copy_and_measures_its_auc(probe_spec, demo_prepared, t
     losses = [p["val_loss"] for p in result["curve"]]
     assert steps == [0, 2, 4] and result["steps"] == 4
     assert losses[-1] < losses[0]  # it learns Vietnamese
-    assert min(losses) <= result["auc"] <= max(losses)
+    assert result["auc"] == pytest.approx((losses[1] + losses[2]) / 2)  # steps 2 and 4 only, not step 0
+    assert result["auc_from_step"] == 2
+    with_step0 = run_probe(with_overrides(probe_spec, {"probe.auc_includes_step0": True}), demo_prepared,
+                           trained_checkpoint)
+    assert with_step0["curve"] == result["curve"]
+    assert with_step0["auc"] == pytest.approx((losses[0] + 2 * losses[1] + losses[2]) / 4)
     assert (trained_checkpoint / "model.pt").read_bytes() == weights  # nothing written back
     again = run_probe(probe_spec, demo_prepared, trained_checkpoint)
     assert again["auc"] == result["auc"]  # seeded data order: the same probe twice is the same
@@ -66,11 +85,35 @@ def test_the_baseline_probes_a_fresh_model(probe_spec, demo_prepared):
     assert result["checkpoint"] is None
 
 
-def test_probe_data_is_the_same_at_every_probe_point_unless_asked(probe_spec, demo_prepared):
-    same = [probe_train_rows(probe_spec, demo_prepared, i) for i in (0, 3)]
-    assert (same[0] == same[1]).all()
-    fresh = with_overrides(probe_spec, {"probe.same_data_order": False})
-    assert not (probe_train_rows(fresh, demo_prepared, 0) == probe_train_rows(fresh, demo_prepared, 1)).all()
+def test_each_probe_trains_on_its_own_random_subsample_unless_asked(probe_spec, demo_prepared):
+    assert not probe_spec.probe.same_data_order  # the paper's protocol is the default
+    pool = demo_prepared.unit("vi", "train").rows
+    count = probe_spec.probe_steps * probe_spec.global_sequences
+    draws = [probe_draw(probe_spec, demo_prepared, i) for i in range(4)]
+    assert count < pool / 4
+    for rows in draws:
+        assert len(rows) == count and len(set(rows.tolist())) == count and rows.min() >= 0 and rows.max() < pool
+    assert len({tuple(rows.tolist()) for rows in draws}) == 4  # a fresh sample per probe point
+    spread = set(draws[0].tolist()) | set(draws[1].tolist())
+    assert len(spread) > count  # not the same rows in another order
+    assert (probe_draw(probe_spec, demo_prepared, 1) == draws[1]).all()  # a re-run probe: the same rows
+    reseeded = with_overrides(probe_spec, {"seed": 1})
+    assert not (probe_draw(reseeded, demo_prepared, 1) == draws[1]).all()
+    same = with_overrides(probe_spec, {"probe.same_data_order": True})
+    assert (probe_draw(same, demo_prepared, 0) == probe_draw(same, demo_prepared, 3)).all()
+
+
+def test_evaluation_sets_are_seeded_random_samples_of_the_validation_pool(probe_spec, demo_prepared):
+    unit = demo_prepared.unit("vi", "validation")
+    everything = unit.read_all()
+    sample = validation_sample(probe_spec, demo_prepared, "vi", 16)
+    assert unit.rows > 16 and sample.shape == (16, unit.row_len)
+    picked = [next(i for i, row in enumerate(everything) if (row == s).all()) for s in sample]
+    assert picked != list(range(16))  # not the first rows of the pool
+    assert (validation_sample(probe_spec, demo_prepared, "vi", 16) == sample).all()  # the same at every probe
+    smaller = validation_sample(probe_spec, demo_prepared, "vi", 4)
+    assert all(any((row == s).all() for s in sample) for row in smaller)  # nested: dormant rows ⊂ eval rows
+    assert len(validation_sample(probe_spec, demo_prepared, "vi", 10 * unit.rows)) == unit.rows
 
 
 def _spec_file(spec, tmp_path):

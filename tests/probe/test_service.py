@@ -31,7 +31,7 @@ def probed_run(demo_prepared, demo_spec, tmp_path_factory):
         "name": "probed", "storage_path": str(tmp_path_factory.mktemp("probed")), "model.size": "L1-d64",
         "schedule.cycles": 2, "schedule.tokens_per_task": 16384, "schedule.warmup_fraction": 0.25,
         "batch.global_tokens": 2048, "resources.workers": 2, "train.log_every": 2, "train.report_every": 64,
-        "probe.tokens": 8192, "probe.eval_sequences": 16, "probe.after_languages": ["de"],
+        "probe.tokens": 8192, "probe.eval_sequences": 16, "probe.extended": {"languages": ["de"]},
         "diagnostics.enabled": ["weight_magnitude", "dormant_units", "attention_entropy", "weight_distance"],
         "diagnostics.dormant_sequences": 8, "diagnostics.entropy_sequences": 4,
     })

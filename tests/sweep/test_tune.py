@@ -37,7 +37,7 @@ def _tiny(spec, storage, **overrides):
         "schedule.tokens_per_task": 8192, "batch.global_tokens": 2048, "train.log_every": 2, "train.report_every": 8,
         "train.checkpoint_every": 8, "train.eval_every": 2, "train.eval_sequences": 8,
         "probe.tokens": 4096, "probe.eval_every": 1, "probe.eval_sequences": 8,
-        "probe.after_languages": [], "diagnostics.enabled": ["weight_magnitude"],
+        "probe.extended": None, "diagnostics.enabled": ["weight_magnitude"],
         "sweep.grid": {"model.size": ["L1-d64", "L2-d64"]},
     }
     return with_overrides(spec, {**base, **overrides})

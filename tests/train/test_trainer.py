@@ -100,7 +100,7 @@ def test_probe_points_are_recorded_and_handed_to_the_probe_service(continual):
     spec, summary = continual
     lines = (summary.run_dir / "probe_points.jsonl").read_text().splitlines()
     points = [json.loads(line) for line in lines]
-    # After Spanish (the demo's probe.after_languages; en zh fr ja es ...) and at the end of the only cycle.
+    # After Spanish (the demo's probe.extended; en zh fr ja es ...) and at the end of the only cycle.
     assert [p["task_index"] for p in points] == [4, spec.tasks - 1]
     assert [p["language"] for p in points] == ["es", "ru"] and points[-1]["cycle"] == 0
     row = json.loads((summary.run_dir / "probes" / f"task-{spec.tasks - 1:05d}.json").read_text())
@@ -118,15 +118,63 @@ def test_a_worker_crash_restarts_and_resumes_exactly(continual, crashed):
     assert digests(spec) == digests(continual[0])  # the same rows, step by step
 
 
-def test_stationary_mode_trains_on_the_mixture(demo_prepared, demo_spec, tmp_path):
-    spec = _tiny(demo_spec, tmp_path, **{"schedule.mode": "stationary",
-                                         "schedule.tokens_per_task": 8192})
-    summary = run_training(spec, **QUIET)
+def _stationary(spec, storage, **overrides):
+    """8 chunks of the mixture, 8 steps each, a metrics row per step, a probe every 2 chunks."""
+    return _tiny(spec, storage, **{"schedule.mode": "stationary", "train.log_every": 1,
+                                   "probe.every_tokens": 2 * 16384, **overrides})
+
+
+@pytest.fixture(scope="module")
+def stationary(demo_prepared, demo_spec, tmp_path_factory):
+    spec = _stationary(demo_spec, tmp_path_factory.mktemp("stationary"))
+    return spec, run_training(spec, **QUIET)
+
+
+def test_stationary_mode_trains_on_the_mixture(stationary):
+    spec, summary = stationary
     assert summary.complete
     rows = _metrics(spec)
     assert {r["language"] for r in rows} == {"mixture"}
     assert task_info(spec, 3).language is None
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
+
+
+def test_stationary_mode_warms_up_once_and_never_resets_the_optimizer(stationary):
+    spec, summary = stationary
+    assert (spec.steps_per_task, spec.warmup_steps) == (8, 2)
+    rows = _metrics(spec)
+    assert [r["global_step"] for r in rows] == list(range(1, spec.tasks * spec.steps_per_task + 1))
+    # One warm-up over the run's first 2 steps, then the peak LR through every chunk boundary.
+    assert [r["lr"] for r in rows[:3]] == pytest.approx([spec.lr / 2, spec.lr, spec.lr])
+    assert all(r["lr"] == pytest.approx(spec.lr) for r in rows[2:])
+    chunk_starts = [r for r in rows if r["step"] == 1 and r["task"] > 0]
+    assert len(chunk_starts) == spec.tasks - 1 and all(r["lr"] == pytest.approx(spec.lr) for r in chunk_starts)
+    ends = {int(p.name.split("-")[1]): p for p in checkpoint.checkpoints(run_dir(spec))}
+    for task in range(spec.tasks):
+        global_step = (task + 1) * spec.steps_per_task
+        state = torch.load(ends[global_step] / "optimizer.pt", weights_only=True)
+        assert {int(s["step"].item()) for s in state["state"].values()} == {global_step}  # one AdamW throughout
+
+
+def test_stationary_mode_probes_every_every_tokens(stationary):
+    spec, summary = stationary
+    probes = sorted((json.loads(p.read_text()) for p in (summary.run_dir / "probes").glob("task-*.json")),
+                    key=lambda r: r["task_index"])
+    assert [p["task_index"] for p in probes] == [1, 3, 5, 7]
+    assert [p["tokens_seen"] for p in probes] == [32768, 65536, 98304, 131072]  # every probe.every_tokens
+    assert all(p["status"] == "ok" and p["language"] is None for p in probes)
+
+
+def test_a_stationary_run_resumes_exactly_after_a_crash(stationary, demo_spec, tmp_path):
+    reference, _ = stationary
+    # Step 21 is mid-chunk 2 (steps 16..23), after the checkpoint at step 20.
+    spec = _stationary(demo_spec, tmp_path, **{"debug.fail_at_step": 21, "probe.enabled": False})
+    summary = run_training(spec, **QUIET)
+    assert summary.complete and (summary.run_dir / ".debug_failed_at_21").exists()
+    expected, resumed = _final_weights(reference), _final_weights(spec)
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)  # bitwise
+    steps = lambda s: [(r["global_step"], r["lr"], r["batch_digest"]) for r in _metrics(s)]
+    assert steps(spec) == steps(reference)
 
 
 def test_killing_the_driver_then_rerunning_continues_from_the_last_checkpoint(ray_session, demo_prepared,
