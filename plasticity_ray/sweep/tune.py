@@ -21,13 +21,13 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from plasticity_ray.spec import ExperimentSpec, grid_points, with_overrides
+from plasticity_ray.spec import ExperimentSpec, grid_points, point_labels, with_overrides
 from plasticity_ray.storage import storage_dir
 from plasticity_ray.sweep.results import trial
 from plasticity_ray.train.launch import experiment_dir, run_dir, run_training
 
 TUNE_DIR = "tune"  # <experiment dir>/tune: Tune's own state, result tables and TensorBoard files
-POINT = "point"  # the trial config key holding one of `grid_points` (dotted-path overrides)
+POINT = "point"  # the trial config key naming one of the sweep's points by its label (Tune's tables show it)
 
 
 class _TrialReport(TuneReportCallback):
@@ -48,11 +48,17 @@ def _tune_row(directory: Path) -> dict:
     return {**row, "run_id": directory.name}
 
 
+def sweep_points(spec: ExperimentSpec) -> dict[str, dict[str, Any]]:
+    """The sweep's points (dotted-path overrides, see `grid_points`) by their readable labels."""
+    return dict(zip(point_labels(spec), grid_points(spec)))
+
+
 def run_trial(config: dict, base: dict) -> None:
     """One trial: the base spec with the trial's point (and, in an Optuna search, the sampled
     value) applied, trained to the end."""
-    overrides = {**config.get(POINT, {}), **{k: v for k, v in config.items() if k != POINT}}
-    spec = with_overrides(ExperimentSpec.model_validate(base), overrides, source="sweep point")
+    base_spec = ExperimentSpec.model_validate(base)
+    overrides = {**sweep_points(base_spec)[config[POINT]], **{k: v for k, v in config.items() if k != POINT}}
+    spec = with_overrides(base_spec, overrides, source="sweep point")
     directory = run_dir(spec)
     summary = run_training(spec, say=print, callbacks=[_TrialReport(str(directory))])
     if not summary.complete:
@@ -61,9 +67,9 @@ def run_trial(config: dict, base: dict) -> None:
 
 
 def search_space(spec: ExperimentSpec) -> dict[str, Any]:
-    """One Tune grid search over the sweep's points (`grid_points`: the grid's product, the
-    explicit points and the variants, expanded once in the spec)."""
-    return {POINT: tune.grid_search(grid_points(spec))}
+    """One Tune grid search over the sweep's points (the grid's product, the explicit points and the
+    variants, expanded once in the spec)."""
+    return {POINT: tune.grid_search(list(sweep_points(spec)))}
 
 
 def per_trial(spec: ExperimentSpec) -> dict[str, float]:
@@ -148,7 +154,7 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
     spec = with_overrides(spec, {"storage_path": str(storage_dir(spec.storage_path).resolve())})
     _prepare_data(spec, say)
     concurrent = max_concurrent_trials(spec, ray.cluster_resources())
-    points = grid_points(spec)
+    points = sweep_points(spec)  # a point listed twice is one trial: it would be the same run
     errors: list[str] = []
     unfinished = 0
     if spec.sweep.search is None:
@@ -156,7 +162,7 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
         tuners = [_tuner(spec, TUNE_DIR, resume, say, search_space(spec), tune.TuneConfig(max_concurrent_trials=concurrent))]
         per_tuner = len(points)  # one tuner for the whole grid
     else:  # OptunaSearch cannot mix with grid_search: one search per grid point
-        tuners = (_optuna_tuner(spec, point, concurrent, resume, say) for point in points)
+        tuners = (_optuna_tuner(spec, label, concurrent, resume, say) for label in points)
         per_tuner = spec.sweep.search.samples
     trials = per_tuner * (len(points) if spec.sweep.search else 1)
     for tuner in tuners:
@@ -170,16 +176,16 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
     return SweepSummary(experiment_dir(spec), trials, errors, unfinished)
 
 
-def _optuna_tuner(spec: ExperimentSpec, point: dict, concurrent: int, resume: bool,
+def _optuna_tuner(spec: ExperimentSpec, point: str, concurrent: int, resume: bool,
                   say: Callable[[str], None]) -> tune.Tuner:
     from ray.tune.search.optuna import OptunaSearch
 
     search = spec.sweep.search
     sample = tune.loguniform if search.log else tune.uniform
     say(f"sweep {spec.name}: Optuna over {search.parameter} in [{search.low:g}, {search.high:g}] at "
-        f"{point_label(point)}: {search.samples} trial(s), up to {concurrent} at once")
+        f"{point}: {search.samples} trial(s), up to {concurrent} at once")
     return _tuner(
-        spec, f"{TUNE_DIR}-{point_label(point)}", resume, say,
+        spec, f"{TUNE_DIR}-{point_label(sweep_points(spec)[point])}", resume, say,
         {POINT: point, search.parameter: sample(search.low, search.high)},
         tune.TuneConfig(search_alg=OptunaSearch(metric=search.metric, mode="min", seed=spec.seed),
                         num_samples=search.samples, max_concurrent_trials=concurrent),
