@@ -156,7 +156,7 @@ def _train(args) -> int:
     from ray.train import TrainingFailedError
 
     from plasticity_ray.probe.service import close_service
-    from plasticity_ray.train.launch import run_training
+    from plasticity_ray.trial import run_training
 
     spec = _load(args.spec)
     overrides = {
@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="submit a sweep to a Ray cluster as a Ray job (arguments after -- go to `sweep`, e.g. -- --resume)")
     submit.add_argument("spec", metavar="SPEC", help="spec file inside this project (the job uploads the project)")
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    submit.add_argument("--storage", help="storage path on the cluster (shared storage: NFS mount or s3://)")
+    submit.add_argument("--storage", help="storage path on the cluster (shared storage mounted on every node, e.g. NFS)")
     submit.add_argument("--follow", action="store_true", help="print the job's logs until it ends; exit 0 if it succeeded")
 
     probe = commands.add_parser("probe", help="probe one checkpoint here: train a copy on the probe language, print its AUC")

@@ -1,5 +1,6 @@
 """What a run directory holds, read once for the result tables and the analysis: its spec, metric
-rows, probe AUCs, baseline, diagnostics and alarms."""
+rows, probe AUCs, baseline, diagnostics and alarms. Reads files only (through `rundir`): no torch,
+no Ray."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 
 from plasticity_ray.analysis.onset import percent_change
 from plasticity_ray.model.sizes import resolve_size
-from plasticity_ray.probe.service import read_rows as read_job_rows
-from plasticity_ray.train.alarms import read_alarms
-from plasticity_ray.train.metrics import read_rows as read_metric_rows
+from plasticity_ray.rundir import (
+    DIAGNOSTICS, METRICS_FILE, PROBES, SPEC_FILE, read_alarms, read_jsonl, read_job_rows, run_dirs,
+)
 
 
 @dataclass
@@ -51,9 +52,7 @@ class Run:
     @property
     def variant(self) -> str:
         """What the run changes: its sweep variant's name, else its mitigations ("none")."""
-        from plasticity_ray.mitigations import label
-
-        return self.spec.get("label") or label(self.spec)
+        return self.spec.get("label") or mitigations_label(self.spec)
 
     @property
     def lr(self) -> float:
@@ -101,18 +100,24 @@ class Run:
         return sum(losses) / len(losses)
 
 
-def run_dirs(experiment_dir: Path) -> list[Path]:
-    """The run directories of an experiment: those holding spec.json."""
-    return sorted(p.parent for p in experiment_dir.glob("*/spec.json"))
+def mitigations_label(spec_json: dict) -> str:
+    """A short name for a run's mitigations, e.g. "shrink_perturb(shrink=0.8,noise=0.01)"; "none"."""
+    parts = []
+    for m in spec_json.get("mitigations", []):
+        args = ",".join(f"{k}={v}" for k, v in m.items() if k != "name" and (k != "every" or m["name"] == "redo"))
+        parts.append(f"{m['name']}({args})" if args else m["name"])
+    if spec_json.get("model", {}).get("attention_sink"):
+        parts.append("attention_sink")
+    return "+".join(parts) or "none"
 
 
 def load_run(path: Path) -> Run:
-    probes = [r for r in read_job_rows(path, "probes") if r.get("status") == "ok"]
+    probes = [r for r in read_job_rows(path, PROBES) if r.get("status") == "ok"]
     baseline = next((r["auc"] for r in probes if r.get("checkpoint") is None), None)
     points = sorted((r for r in probes if r.get("task_index") is not None), key=lambda r: r["task_index"])
-    diagnostics = {r["task_index"]: r for r in read_job_rows(path, "diagnostics") if r.get("status") == "ok"}
-    metrics = [r for r in read_metric_rows(path / "metrics.jsonl") if "loss" in r]
-    return Run(path, json.loads((path / "spec.json").read_text()), points, baseline, diagnostics, metrics,
+    diagnostics = {r["task_index"]: r for r in read_job_rows(path, DIAGNOSTICS) if r.get("status") == "ok"}
+    metrics = [r for r in read_jsonl(path / METRICS_FILE) if "loss" in r]
+    return Run(path, json.loads((path / SPEC_FILE).read_text()), points, baseline, diagnostics, metrics,
                read_alarms(path))
 
 

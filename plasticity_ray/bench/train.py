@@ -17,10 +17,8 @@ from pathlib import Path
 
 import torch
 
-from plasticity_ray.model.gpt import GPT
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.train.loop import auto_micro_batch, compile_blocks, model_config
-from plasticity_ray.train.recipe import autocast, make_optimizer, train_step
+from plasticity_ray.train.recipe import build, make_optimizer, model_config, train_step
 
 H100_BF16_DENSE_FLOPS = 989e12
 
@@ -44,14 +42,9 @@ def measure(spec_json: dict, steps: int, warmup: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     spec = ExperimentSpec.model_validate(spec_json)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    torch.manual_seed(0)
-    cfg = model_config(spec)
-    model = GPT(cfg).to(device)
-    precision = lambda: autocast(device, spec.train.precision)  # noqa: E731
     rows = spec.global_sequences
-    micro = auto_micro_batch(model, rows, spec.data.seq_len, device, precision)
-    if device.type == "cuda":
-        compile_blocks(model)
+    engine = build(spec, device, rows=rows)
+    model, cfg, precision, micro = engine.model, engine.cfg, engine.precision, engine.micro_batch
     optimizer = make_optimizer(model, spec, device)
     batch = torch.randint(0, cfg.vocab_size - 1, (rows, spec.data.seq_len + 1), device=device)
     micro_batches = list(batch.split(micro))

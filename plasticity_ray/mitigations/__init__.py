@@ -31,14 +31,3 @@ def hooks_for(spec: ExperimentSpec) -> Hooks:
         elif isinstance(mitigation, ContinualBackprop):
             hooks.step_end.append(ContinualBackpropHook(mitigation, spec.seed))
     return hooks
-
-
-def label(spec_json: dict) -> str:
-    """A short name for a run's mitigations, e.g. "shrink_perturb(shrink=0.8,noise=0.01)"; "none"."""
-    parts = []
-    for m in spec_json.get("mitigations", []):
-        args = ",".join(f"{k}={v}" for k, v in m.items() if k != "name" and (k != "every" or m["name"] == "redo"))
-        parts.append(f"{m['name']}({args})" if args else m["name"])
-    if spec_json.get("model", {}).get("attention_sink"):
-        parts.append("attention_sink")
-    return "+".join(parts) or "none"

@@ -1,5 +1,5 @@
 """One probe (§III, §IV-A): a copy of the model trained on the probe language with the same recipe
-as a task — fresh AdamW, the same LR and warm-up, the same batch — for `probe.tokens` on its own
+as a task — fresh AdamW, the same LR and warm-up steps, the same batch — for `probe.tokens` on its own
 random subsample of the probe pool, evaluated on a seeded random sample of the validation pool at
 step 0 and every `probe.eval_every` steps (and the last). Nothing is written back.
 
@@ -13,7 +13,6 @@ baseline of Appendix B.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,8 @@ import torch
 from plasticity_ray.data.prepare import Prepared
 from plasticity_ray.data.schedule import probe_draw, validation_sample
 from plasticity_ray.data.shards import Unit
-from plasticity_ray.model.gpt import GPT
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.train import checkpoint
-from plasticity_ray.train.loop import auto_micro_batch, compile_blocks, model_config
-from plasticity_ray.train.recipe import autocast, evaluate, lr_at, make_optimizer, train_step
+from plasticity_ray.train.recipe import build, evaluate, lr_at, make_optimizer, train_step
 
 READ_BLOCK_ROWS = 4096  # probe rows read at a time (a few shuffle windows)
 
@@ -55,22 +51,19 @@ def _batches(unit: Unit, rows: np.ndarray, batch: int):
         yield from (ids[i : i + batch] for i in range(0, len(ids), batch))
 
 
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | None, probe_index: int = 0,
               device: torch.device | None = None) -> dict:
-    """Probe the model at `checkpoint_path` (None: a freshly initialised model, the baseline)."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = model_config(spec)
-    torch.manual_seed(spec.seed)
-    model = GPT(cfg).to(device)
-    if checkpoint_path is not None:
-        checkpoint.load(Path(checkpoint_path), model, cfg)
-    precision = lambda: autocast(device, spec.train.precision)  # noqa: E731
-    micro = auto_micro_batch(model, spec.global_sequences, spec.data.seq_len, device, precision)
-    if spec.train.compile is True or (spec.train.compile == "auto" and device.type == "cuda"):
-        compile_blocks(model)
+    """Probe the model at `checkpoint_path` (None: a freshly initialised model, the baseline) on
+    `device` (default: the GPU when there is one)."""
+    device = device or default_device()
+    engine = build(spec, device, checkpoint_path, rows=spec.global_sequences)
+    model, micro, precision = engine.model, engine.micro_batch, engine.precision
     optimizer = make_optimizer(model, spec, device)
     steps, every = spec.probe_steps, spec.probe.eval_every
-    warmup = math.ceil(spec.schedule.warmup_fraction * steps)
     ids = validation_sample(spec, prepared, spec.data.probe_language, spec.probe.eval_sequences)
     validation = torch.from_numpy(ids.astype(np.int64)).to(device)
     unit = prepared.unit(spec.data.probe_language, "train")
@@ -79,7 +72,7 @@ def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | 
     batches = _batches(unit, probe_draw(spec, prepared, probe_index), spec.global_sequences)
     for step, ids in zip(range(steps), batches):
         rows = torch.from_numpy(ids.astype(np.int64)).to(device)
-        train_step(model, optimizer, list(rows.split(micro)), lr_at(step, spec.lr, warmup),
+        train_step(model, optimizer, list(rows.split(micro)), lr_at(step, spec.lr, spec.warmup_steps),
                    spec.optimizer.grad_clip, precision)
         if (step + 1) % every == 0 or step + 1 == steps:
             curve.append((step + 1, evaluate(model, validation, micro, precision)))
@@ -89,4 +82,5 @@ def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | 
         "curve": [{"step": s, "val_loss": v} for s, v in curve],
         "steps": steps, "eval_sequences": len(validation), "probe_index": probe_index,
         "final_val_loss": curve[-1][1], "checkpoint": str(checkpoint_path) if checkpoint_path else None,
+        "device": str(device),
     }

@@ -13,7 +13,6 @@ that reads it has finished.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import traceback
 from dataclasses import asdict
@@ -21,26 +20,17 @@ from pathlib import Path
 
 import ray
 
+from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, PROBES, point_key, row_path
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import write_json_atomic
 from plasticity_ray.train.hooks import ProbePoint
 
 NAMESPACE = "plasticity-ray"
 IDLE_EXIT_S = 1800.0
-BASELINE = "baseline"
 
 
 def service_name(spec: ExperimentSpec) -> str:
     return f"probe-service:{spec.name}"
-
-
-def row_path(run_dir: Path, kind: str, key: str) -> Path:
-    """Where a job's row lives: <run_dir>/<probes|diagnostics>/<key>.json (errors: <key>.error.json)."""
-    return run_dir / kind / f"{key}.json"
-
-
-def point_key(task_index: int) -> str:
-    return f"task-{task_index:05d}"
 
 
 def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> dict:
@@ -53,7 +43,7 @@ def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> dict:
     started = time.time()
     try:
         prepared = load_prepared(spec)
-        if kind == "probes":
+        if kind == PROBES:
             from plasticity_ray.probe.probe import run_probe
 
             result = run_probe(spec, prepared, point["checkpoint"], probe_index=point["probe_index"])
@@ -77,7 +67,7 @@ def _tensorboard(run_dir: Path, kind: str, row: dict) -> None:
 
     if row["checkpoint"] is None:
         return  # the baseline is one number, in its row
-    scalars = {"auc": row.get("auc")} if kind == "probes" else {
+    scalars = {"auc": row.get("auc")} if kind == PROBES else {
         "weight_magnitude": row.get("weight_magnitude"),
         "dormant_percent": (row.get("dormant_units") or {}).get("percent"),
         "lazy_heads_percent": (row.get("attention_entropy") or {}).get("lazy_percent"),
@@ -153,14 +143,14 @@ class ProbeService:
         self.closing = False  # a resumed sweep may reach a service that was told to close
         self._hold(point["checkpoint"])  # held while the jobs are being queued
         try:
-            started = self._start("probes", spec_json, point) if spec.probe.enabled else False
+            started = self._start(PROBES, spec_json, point) if spec.probe.enabled else False
             if point["checkpoint"] is not None and spec.diagnostics.enabled:
                 previous = None
                 if "weight_distance" in spec.diagnostics.enabled:
                     previous = self.previous.get(point["run_dir"])
                     self._hold(point["checkpoint"])  # kept for the next point's weight_distance
                     self.previous[point["run_dir"]] = point["checkpoint"]
-                started += self._start("diagnostics", spec_json, point, previous)
+                started += self._start(DIAGNOSTICS, spec_json, point, previous)
                 if previous is not None:
                     self._drop(previous)  # its hold for us passes to the job just started
         finally:
@@ -227,11 +217,3 @@ def baseline_request(spec: ExperimentSpec, run_dir: Path) -> dict:
     return {"run_dir": str(run_dir), "checkpoint": None, "size": spec.model.size, "lr": spec.lr,
             "seed": spec.seed, "cycle": None, "task_index": None, "language": None, "global_step": 0,
             "tokens_seen": 0, "probe_index": 0, "submitted": time.time()}
-
-
-def read_rows(run_dir: Path, kind: str) -> list[dict]:
-    """Every row of one kind in a run directory (error rows included, marked status=failed)."""
-    folder = run_dir / kind
-    if not folder.exists():
-        return []
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]

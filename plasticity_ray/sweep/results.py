@@ -11,9 +11,9 @@ import csv
 import io
 from pathlib import Path
 
-from plasticity_ray.analysis.runs import Run, load_run, run_dirs
+from plasticity_ray.analysis.runs import Run, load_run
+from plasticity_ray.rundir import COMPLETE_FILE, run_dirs
 from plasticity_ray.storage import write_bytes_atomic
-from plasticity_ray.train.loop import COMPLETE_FILE
 
 TRIAL_COLUMNS = ["trial_id", "label", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "val_score",
                  "probes_done", "latest_auc", "auc_change_percent", "alarms", "first_alarm"]

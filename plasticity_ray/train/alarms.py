@@ -21,9 +21,8 @@ import torch.distributed as dist
 
 from plasticity_ray.data.schedule import Task
 from plasticity_ray.spec import AlarmSpec
-from plasticity_ray.train.metrics import RunLog, read_rows
-
-SIGNALS_FILE, ALARMS_FILE = "signals.jsonl", "alarms.jsonl"
+from plasticity_ray.rundir import ALARMS_FILE, SIGNALS_FILE, read_jsonl
+from plasticity_ray.train.metrics import RunLog
 
 
 @torch.no_grad()
@@ -60,7 +59,7 @@ class AlarmBook:
         self.spec = spec
         self.signals = RunLog(run_dir, SIGNALS_FILE)
         self.alarms = RunLog(run_dir, ALARMS_FILE, tensorboard=False)
-        self.history = read_rows(run_dir / SIGNALS_FILE, key=("task",))
+        self.history = read_jsonl(run_dir / SIGNALS_FILE, key=("task",))
 
     def record(self, task: Task, global_step: int, tokens_seen: int, task_rows: list[dict],
                near_zero: float) -> list[dict]:
@@ -96,8 +95,3 @@ class AlarmBook:
     def close(self) -> None:
         self.signals.close()
         self.alarms.close()
-
-
-def read_alarms(run_dir: Path) -> list[dict]:
-    """The run's alarms, one per (signal, task), in task order."""
-    return read_rows(run_dir / ALARMS_FILE, key=("task", "signal"))

@@ -8,14 +8,12 @@ and get its *path*, never a live model.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from plasticity_ray.data.schedule import Task
+from plasticity_ray.data.schedule import Task, task_info
 from plasticity_ray.spec import ExperimentSpec
 
 
@@ -74,33 +72,4 @@ def is_probe_point(spec: ExperimentSpec, task: Task) -> bool:
 
 def probe_ordinal(spec: ExperimentSpec, task_index: int) -> int:
     """How many probe points come before task `task_index`'s (the same on every restart)."""
-    from plasticity_ray.data.schedule import task_info
-
     return sum(is_probe_point(spec, task_info(spec, i)) for i in range(task_index))
-
-
-def record_probe_point(point: ProbePoint) -> None:
-    """List the point in the run's probe_points.jsonl."""
-    with open(Path(point.run_dir) / "probe_points.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(asdict(point)) + "\n")
-
-
-def submit_to_probe_service(spec: ExperimentSpec) -> Callable[[ProbePoint], None]:
-    """Hand the point to the experiment's probe service and go on training (fire and forget)."""
-    from plasticity_ray.probe.service import get_service, point_request
-
-    spec_json = spec.model_dump(mode="json")
-
-    def submit(point: ProbePoint) -> None:
-        get_service(spec).submit.remote(spec_json, point_request(point, probe_ordinal(spec, point.task_index)))
-
-    return submit
-
-
-def default_hooks(spec: ExperimentSpec) -> Hooks:
-    """The spec's mitigations, then recording and probing the probe points."""
-    from plasticity_ray.mitigations import hooks_for
-
-    hooks = hooks_for(spec)
-    hooks.probe_point += [record_probe_point, submit_to_probe_service(spec)]
-    return hooks

@@ -1,15 +1,14 @@
 """The Ray Train worker loop: a plain PyTorch loop over the task schedule.
 
-Ray appears only at the edges: the worker's rank and device come from `ray.train`, the data from
-the per-task Ray Data stream, and `ray.train.report` passes metrics up at a steady cadence on every
-rank. Checkpoints are written by rank 0 into the run directory; a restarted worker group (or a
+Ray appears only at the edges: the worker's rank and device come from the trial's Ray Train entry
+point (`plasticity_ray.trial.train_worker`), the data from the per-task Ray Data stream, and
+`ray.train.report` passes metrics up at a steady cadence on every rank. Checkpoints are written by rank 0 into the run directory; a restarted worker group (or a
 re-run of the same command) resumes from the newest one at the exact (task, step).
 """
 
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import queue
 import signal
@@ -20,56 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train.v2._internal.execution import context as ray_train_context
 
 from plasticity_ray.data.prepare import load_prepared
 from plasticity_ray.data.schedule import Task, task_info, task_stream, validation_sample
-from plasticity_ray.data.tokenizers import tokenizer_class
-from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import write_json_atomic
 from plasticity_ray.train import checkpoint
-from plasticity_ray.train.hooks import Hooks, ProbePoint, StepEnd, TaskEnd, default_hooks, is_probe_point
+from plasticity_ray.train.hooks import Hooks, ProbePoint, StepEnd, TaskEnd, is_probe_point
 from plasticity_ray.train.alarms import AlarmBook, near_zero_fraction
-from plasticity_ray.train.metrics import RunLog, read_rows
-from plasticity_ray.train.recipe import autocast, evaluate, make_optimizer, scheduled_lr, train_step
-
-CPU_MICRO_BATCH_TOKENS = 2**16
-COMPLETE_FILE = "complete.json"
-
-
-def model_config(spec: ExperimentSpec) -> GPTConfig:
-    tokenizer = tokenizer_class(spec.data.tokenizer)
-    return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len, spec.model.attention_sink)
-
-
-def compile_blocks(model: GPT) -> None:
-    """torch.compile each transformer block in place (as torchtitan does): the bulk of the FLOPs,
-    safe under DDP, and the chunked loss head stays eager."""
-    for block in model.blocks:
-        block.compile()
-
-
-def auto_micro_batch(model: GPT, rows: int, seq_len: int, device: torch.device, precision) -> int:
-    """The largest divisor of `rows` that fits: by a token budget on CPU, by trying on GPU."""
-    divisors = [d for d in range(rows, 0, -1) if rows % d == 0]
-    if device.type != "cuda":
-        return next(d for d in divisors if d * seq_len <= CPU_MICRO_BATCH_TOKENS or d == 1)
-    for d in divisors:
-        try:
-            probe = torch.zeros(d, seq_len + 1, dtype=torch.long, device=device)
-            with precision():
-                model(probe[:, :-1], targets=probe[:, 1:]).backward()
-            return d
-        except torch.OutOfMemoryError:
-            continue
-        finally:
-            model.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-    raise RuntimeError(f"not even one sequence of {seq_len} tokens fits on {device}")
+from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, read_jsonl
+from plasticity_ray.train.metrics import RunLog
+from plasticity_ray.train.recipe import build, evaluate, make_optimizer, scheduled_lr, train_step
 
 
 class _Prefetch:
@@ -107,14 +69,13 @@ class Trainer:
         self.spec, self.run_dir, self.rank, self.world_size, self.device = spec, run_dir, rank, world_size, device
         self.hooks = hooks
         self.prepared = load_prepared(spec, list(spec.data.languages))
-        self.cfg = model_config(spec)
-        torch.manual_seed(spec.seed)  # the same initial weights on every rank and every restart
-        self.model = GPT(self.cfg).to(device)
-        self.precision = lambda: autocast(device, spec.train.precision)
+        self.share = spec.global_sequences // world_size
+        self.stateful = [h for h in hooks.step_end + hooks.task_end if hasattr(h, "state_dict")]
+        engine = build(spec, device, rows=self.share, attach=self.stateful)
+        self.model, self.cfg, self.precision, self.micro_batch = engine.model, engine.cfg, engine.precision, engine.micro_batch
         self.optimizer = make_optimizer(self.model, spec, device)
         self.position = checkpoint.Position(0, 0)
         self.counters: dict[str, int] = {}  # running totals that hooks return, e.g. redo_recycled
-        self.stateful = [h for h in hooks.step_end + hooks.task_end if hasattr(h, "state_dict")]
         latest = checkpoint.checkpoints(run_dir)
         if latest:
             state = checkpoint.load(latest[-1], self.model, self.cfg, self.optimizer)
@@ -123,20 +84,12 @@ class Trainer:
             for hook, hook_state in zip(self.stateful, state.get("hooks", [])):
                 hook.load_state_dict(hook_state, device)
             torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
-        self.share = spec.global_sequences // world_size
-        self.micro_batch = (
-            auto_micro_batch(self.model, self.share, spec.data.seq_len, device, self.precision)
-            if spec.batch.micro_batch == "auto" else min(spec.batch.micro_batch, self.share)
-        )
-        for hook in self.stateful:
-            hook.attach(self.model)  # before compiling: its forward hooks are part of the graph
-        if spec.train.compile is True or (spec.train.compile == "auto" and device.type == "cuda"):
-            compile_blocks(self.model)
         self.train_model: torch.nn.Module = self.model
         if world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.log = RunLog(run_dir) if rank == 0 else None
+        resumed_at = self.position.task * spec.steps_per_task + self.position.step
+        self.log = RunLog(run_dir, keep_until=resumed_at) if rank == 0 else None
         self.alarm_book = AlarmBook(spec.alarms, run_dir) if rank == 0 and spec.alarms.enabled else None
         self.task_rows: list[dict] = []  # this task's metric rows, for the alarm signals
         self.last_rows: torch.Tensor | None = None
@@ -185,7 +138,7 @@ class Trainer:
         steps = spec.steps_per_task
         interval_loss = torch.zeros((), device=self.device)
         interval_steps, digest, started = 0, 0, time.perf_counter()
-        self.task_rows = [r for r in read_rows(self.run_dir / "metrics.jsonl")
+        self.task_rows = [r for r in read_jsonl(self.run_dir / METRICS_FILE)
                           if r["task"] == task.index and r["step"] <= start] if start and self.rank == 0 else []
         for step, ids in zip(range(start, steps), batches):
             rows = self.last_rows = torch.from_numpy(ids.astype(np.int64)).to(self.device, non_blocking=True)
@@ -297,16 +250,3 @@ class Trainer:
             if self.spec.debug.fail_by == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"debug.fail_at_step: worker {self.rank} crashes at step {global_step} as asked")
-
-
-def train_worker(config: dict) -> None:
-    """Entry point of each Ray Train worker."""
-    # One stream and several reports per task would flood the driver's log with INFO lines.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # bars are off on purpose
-    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)  # Ray names this logger by path
-    spec = ExperimentSpec.model_validate(config["spec"])
-    context = ray.train.get_context()
-    trainer = Trainer(spec, Path(config["run_dir"]), context.get_world_rank(), context.get_world_size(),
-                      ray.train.torch.get_device(), default_hooks(spec))
-    trainer.run()

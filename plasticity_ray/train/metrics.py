@@ -1,8 +1,8 @@
 """Result rows of a run: a JSON-lines file in the run directory plus TensorBoard events.
 
 Rows are appended and flushed to disk one at a time; a crash can at worst cut the last line, which
-readers skip. After a resume the steps since the last checkpoint are trained and logged again;
-readers keep the last row for each (task, step).
+readers skip. A resumed run first drops the rows logged after its checkpoint (`keep_until`), since
+it trains and logs those steps again: the file holds each step once.
 """
 
 from __future__ import annotations
@@ -11,11 +11,19 @@ import json
 import os
 from pathlib import Path
 
+from plasticity_ray.rundir import METRICS_FILE, read_jsonl
+from plasticity_ray.storage import write_bytes_atomic
+
 
 class RunLog:
-    def __init__(self, run_dir: Path, filename: str = "metrics.jsonl", tensorboard: bool = True):
+    def __init__(self, run_dir: Path, filename: str = METRICS_FILE, tensorboard: bool = True,
+                 keep_until: int | None = None):
+        """`keep_until`: the global step of the checkpoint a run resumes from; rows after it go."""
         self.path = run_dir / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if keep_until is not None and self.path.exists():
+            kept = [r for r in read_jsonl(self.path) if r.get("global_step", 0) <= keep_until]
+            write_bytes_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self._writer = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -36,18 +44,3 @@ class RunLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-
-def read_rows(path: Path, key: tuple[str, ...] = ("task", "step")) -> list[dict]:
-    """The rows of a JSON-lines file, skipping a torn last line, the last row per `key` kept."""
-    if not path.exists():
-        return []
-    rows: dict = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            rows[tuple(row.get(k) for k in key)] = row
-    return sorted(rows.values(), key=lambda r: tuple(r.get(k) for k in key))

@@ -6,17 +6,97 @@ a linear warm-up over the first 5% of a task's steps, then a constant rate. Cont
 fresh optimizer and a restarted warm-up at every task (§IV-B); stationary runs one warm-up of the
 same length at the start and one optimizer throughout (§V-B). One step = gradient accumulation
 over micro-batches.
+
+`build` sets up the model the same way for everything that trains or measures one — the trainer,
+the probes, the diagnostics and the bench: seeded initialisation, optional checkpoint weights, the
+device, precision, micro-batch and compilation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
+from plasticity_ray.data.tokenizers import tokenizer_class
+from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.train import checkpoint as checkpoints
+
+CPU_MICRO_BATCH_TOKENS = 2**16
+
+
+def model_config(spec: ExperimentSpec) -> GPTConfig:
+    tokenizer = tokenizer_class(spec.data.tokenizer)
+    return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len, spec.model.attention_sink)
+
+
+def compile_blocks(model: GPT) -> None:
+    """torch.compile each transformer block in place (as torchtitan does): the bulk of the FLOPs,
+    safe under DDP, and the chunked loss head stays eager."""
+    for block in model.blocks:
+        block.compile()
+
+
+def auto_micro_batch(model: GPT, rows: int, seq_len: int, device: torch.device, precision) -> int:
+    """The largest divisor of `rows` that fits: by a token budget on CPU, by trying on GPU."""
+    divisors = [d for d in range(rows, 0, -1) if rows % d == 0]
+    if device.type != "cuda":
+        return next(d for d in divisors if d * seq_len <= CPU_MICRO_BATCH_TOKENS or d == 1)
+    for d in divisors:
+        try:
+            probe = torch.zeros(d, seq_len + 1, dtype=torch.long, device=device)
+            with precision():
+                model(probe[:, :-1], targets=probe[:, 1:]).backward()
+            return d
+        except torch.OutOfMemoryError:
+            continue
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    raise RuntimeError(f"not even one sequence of {seq_len} tokens fits on {device}")
+
+
+@dataclass
+class Engine:
+    """A built model and how to run it."""
+
+    model: GPT
+    cfg: GPTConfig
+    device: torch.device
+    precision: Callable[[], contextlib.AbstractContextManager]
+    micro_batch: int | None  # sequences per forward pass (None when `build` was given no rows)
+
+
+def build(spec: ExperimentSpec, device: torch.device, checkpoint: Path | str | None = None, rows: int = 0,
+          compile: bool | None = None, attach: Sequence = ()) -> Engine:
+    """The spec's model on `device`: initialised from the run's seed (the same on every rank and
+    restart), with the weights of `checkpoint` when given; its precision context; the micro-batch
+    for `rows` sequences per step (`batch.micro_batch`, or the largest that fits); then the hooks
+    in `attach` attached (their forward hooks become part of the compiled graph) and the blocks
+    compiled as `train.compile` says (`compile` overrides it: diagnostics hook into eager modules)."""
+    cfg = model_config(spec)
+    torch.manual_seed(spec.seed)
+    model = GPT(cfg).to(device)
+    if checkpoint is not None:
+        checkpoints.load(Path(checkpoint), model, cfg)
+    precision = lambda: autocast(device, spec.train.precision)  # noqa: E731
+    micro_batch = None
+    if rows:
+        micro_batch = (auto_micro_batch(model, rows, spec.data.seq_len, device, precision)
+                       if spec.batch.micro_batch == "auto" else min(spec.batch.micro_batch, rows))
+    for hook in attach:
+        hook.attach(model)
+    if compile is None:
+        compile = spec.train.compile is True or (spec.train.compile == "auto" and device.type == "cuda")
+    if compile:
+        compile_blocks(model)
+    return Engine(model, cfg, device, precision, micro_batch)
 
 
 def make_optimizer(model: nn.Module, spec: ExperimentSpec, device: torch.device) -> torch.optim.AdamW:

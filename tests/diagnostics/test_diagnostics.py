@@ -8,7 +8,7 @@ import torch
 from plasticity_ray.diagnostics.attention import attention_entropy, classify, entropy, max_mean_entropy
 from plasticity_ray.diagnostics.dormant import activation_dormancy, gradient_dormancy
 from plasticity_ray.diagnostics.weights import average_magnitude, matrix_ranks, model_ranks, relative_distance
-from plasticity_ray.model import GPT, GPTConfig
+from plasticity_ray.model.gpt import GPT, GPTConfig
 
 CFG = GPTConfig(layers=2, hidden=128, vocab_size=61, context=64)
 

@@ -8,9 +8,8 @@ import torch
 
 from plasticity_ray.spec import with_overrides
 from plasticity_ray.train import checkpoint
-from plasticity_ray.train.launch import run_dir, run_training
-from plasticity_ray.train.loop import COMPLETE_FILE
-from plasticity_ray.train.metrics import read_rows
+from plasticity_ray.trial import run_dir, run_training
+from plasticity_ray.rundir import COMPLETE_FILE, read_jsonl as read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +71,7 @@ def test_a_crash_and_resume_ends_bitwise_equal_to_the_uninterrupted_run(runs):
 
 
 def test_alarm_signals_are_measured_every_task_and_repeat_exactly_after_a_resume(runs):
-    from plasticity_ray.train.alarms import SIGNALS_FILE
+    from plasticity_ray.rundir import SIGNALS_FILE
 
     (straight, _), (crashed, _) = runs
     a = read_rows(run_dir(straight) / SIGNALS_FILE, key=("task",))

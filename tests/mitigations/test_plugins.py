@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from plasticity_ray.mitigations import hooks_for, label
+from plasticity_ray.analysis.runs import mitigations_label as label
+from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.mitigations.init import generator
 from plasticity_ray.mitigations.redo import dormant_masks, recycle
 from plasticity_ray.mitigations.shrink_perturb import shrink_perturb

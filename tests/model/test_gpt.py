@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plasticity_ray.model import GPT, GPTConfig
+from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.model import gpt as gpt_module
 
 CFG = GPTConfig(layers=2, hidden=128, vocab_size=97, context=32)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from plasticity_ray.cli import main
-from plasticity_ray.model import GPT, GPTConfig, resolve_size
+from plasticity_ray.model.gpt import GPT, GPTConfig
+from plasticity_ray.model.sizes import resolve_size
 from plasticity_ray.model.sizes import LR_EXPONENT, PAPER_CONTEXT, PAPER_VOCAB_SIZE
 
 # Table I: name, layers, hidden, heads, non-embedding ("Eff.") params, total params.

@@ -13,7 +13,7 @@ from plasticity_ray.data.schedule import probe_draw, validation_sample
 from plasticity_ray.probe.probe import area_under_curve, probe_auc, run_probe
 from plasticity_ray.spec import with_overrides
 from plasticity_ray.train import checkpoint
-from plasticity_ray.train.loop import model_config
+from plasticity_ray.train.recipe import model_config
 from plasticity_ray.train.recipe import make_optimizer, train_step
 
 
@@ -116,6 +116,15 @@ def test_evaluation_sets_are_seeded_random_samples_of_the_validation_pool(probe_
     assert len(validation_sample(probe_spec, demo_prepared, "vi", 10 * unit.rows)) == unit.rows
 
 
+def test_probes_and_diagnostics_run_on_the_device_they_are_given(probe_spec, demo_prepared, trained_checkpoint):
+    from plasticity_ray.diagnostics.run import diagnose_checkpoint
+
+    cpu = torch.device("cpu")
+    assert run_probe(probe_spec, demo_prepared, trained_checkpoint, device=cpu)["device"] == "cpu"
+    result = diagnose_checkpoint(probe_spec, demo_prepared, trained_checkpoint, trained_checkpoint, device=cpu)
+    assert result["device"] == "cpu" and result["weight_magnitude"] > 0
+
+
 def _spec_file(spec, tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
@@ -132,7 +141,7 @@ def test_probe_and_diagnose_commands(probe_spec, trained_checkpoint, tmp_path, c
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"weight_magnitude", "dormant_units", "attention_entropy", "matrix_rank", "grama",
-                           "weight_distance"}
+                           "weight_distance", "device"}
     assert result["weight_distance"] == 0.0
     assert result["attention_entropy"]["h_max"] > 0
 

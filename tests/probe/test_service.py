@@ -14,13 +14,12 @@ import torch
 
 from plasticity_ray.data.prepare import prepared_root
 from plasticity_ray.model.gpt import GPT
-from plasticity_ray.probe.service import (
-    NAMESPACE, baseline_request, close_service, get_service, point_key, read_rows, row_path, service_name,
-)
+from plasticity_ray.probe.service import NAMESPACE, baseline_request, close_service, get_service, service_name
+from plasticity_ray.rundir import point_key, read_job_rows as read_rows, row_path
 from plasticity_ray.spec import with_overrides
 from plasticity_ray.train import checkpoint
-from plasticity_ray.train.launch import run_dir, run_training
-from plasticity_ray.train.loop import model_config
+from plasticity_ray.trial import run_dir, run_training
+from plasticity_ray.train.recipe import model_config
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ import yaml
 from plasticity_ray.cli import main
 from plasticity_ray.spec import with_overrides
 from plasticity_ray.sweep.tune import max_concurrent_trials, run_sweep, run_trial
-from plasticity_ray.train.loop import COMPLETE_FILE
+from plasticity_ray.rundir import COMPLETE_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +158,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(demo_pre
 def test_optuna_searches_the_learning_rate_per_size(demo_prepared, demo_spec, tmp_path):
     spec = _tiny(demo_spec, tmp_path, **{
         "name": "optuna", "probe.enabled": False, "schedule.cycles": 1, "data.languages": ["en"],
-        "sweep.grid": {"model.size": ["L1-d64"]},
+        "sweep.grid": {"model.size": ["L1-d64"]}, "sweep.variants": {"plain": {}},
         "sweep.search": {"parameter": "optimizer.lr", "low": 1e-4, "high": 1e-2, "samples": 3},
     })
     summary = run_sweep(spec, **QUIET)
@@ -167,6 +167,7 @@ def test_optuna_searches_the_learning_rate_per_size(demo_prepared, demo_spec, tm
     lrs = [t["lr"] for t in trials]
     assert len(set(lrs)) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
     assert all(t["val_score"] is not None and t["status"] == "complete" for t in trials)
+    assert {t["label"] for t in trials} == {"plain"}  # Optuna trials keep their variant's name
 
 
 def test_concurrent_trials_follow_the_cluster_and_leave_room_for_probes(demo_spec):

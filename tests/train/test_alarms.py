@@ -6,7 +6,8 @@ import torch
 from plasticity_ray.data.schedule import Task
 from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import AlarmSpec
-from plasticity_ray.train.alarms import AlarmBook, adaptation_drop, near_zero_fraction, read_alarms
+from plasticity_ray.rundir import read_alarms
+from plasticity_ray.train.alarms import AlarmBook, adaptation_drop, near_zero_fraction
 
 
 def _rows(first_loss, later_loss, grad_norm):

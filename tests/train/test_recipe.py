@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from plasticity_ray.model import GPT, GPTConfig
+from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.train import checkpoint
 from plasticity_ray.train.recipe import evaluate, lr_at, make_optimizer, train_step
@@ -118,7 +118,7 @@ def test_a_truncated_checkpoint_is_refused_by_name_and_kept(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager_ones():
-    from plasticity_ray.train.loop import compile_blocks
+    from plasticity_ray.train.recipe import compile_blocks
 
     compiled, eager = _model(), _model()
     compile_blocks(compiled)

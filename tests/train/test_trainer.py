@@ -16,9 +16,8 @@ import torch
 from plasticity_ray.data.schedule import task_info
 from plasticity_ray.spec import with_overrides
 from plasticity_ray.train import checkpoint
-from plasticity_ray.train.launch import run_dir, run_training
-from plasticity_ray.train.loop import COMPLETE_FILE
-from plasticity_ray.train.metrics import read_rows
+from plasticity_ray.trial import run_dir, run_training
+from plasticity_ray.rundir import COMPLETE_FILE, read_jsonl as read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -175,6 +174,9 @@ def test_a_stationary_run_resumes_exactly_after_a_crash(stationary, demo_spec, t
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)  # bitwise
     steps = lambda s: [(r["global_step"], r["lr"], r["batch_digest"]) for r in _metrics(s)]
     assert steps(spec) == steps(reference)
+    # Step 21 was logged before the crash and again after resuming from step 20: the file has it once.
+    logged = [json.loads(line)["global_step"] for line in (summary.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, spec.tasks * spec.steps_per_task + 1))
 
 
 def test_killing_the_driver_then_rerunning_continues_from_the_last_checkpoint(ray_session, demo_prepared,

@@ -1,4 +1,7 @@
-"""Launching one training run on the current Ray: prepare data, start a TorchTrainer, show progress.
+"""One trial — a training run on the current Ray and its probe service: prepare data, start a
+TorchTrainer whose workers hand probe points to the probe service, show progress, wait for the
+probes. This is orchestration: it sits above the training loop and the probes, which never import
+each other.
 
 A run lives in ``<storage>/<experiment>/<run id>/``; the id names the size, learning rate and seed
 plus a hash of everything else that changes what is trained, so re-running the same command finds
@@ -9,24 +12,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import ray
 import ray.train
+import ray.train.torch
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution import context as ray_train_context
 
 from plasticity_ray.data.prepare import prepare
+from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
 from plasticity_ray.spec import ExperimentSpec, with_overrides
 from plasticity_ray.storage import storage_dir, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
-from plasticity_ray.train.hooks import ProbePoint, probe_ordinal
-from plasticity_ray.train.loop import COMPLETE_FILE, model_config, train_worker
-from plasticity_ray.train.metrics import read_rows
+from plasticity_ray.train.hooks import Hooks, ProbePoint, probe_ordinal
+from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, read_jsonl
+from plasticity_ray.train.loop import Trainer
+from plasticity_ray.train.recipe import model_config
 
 # Fields that do not change what is trained: a run keeps its id (and resumes) when only these change.
 _NOT_IN_RUN_ID = {"name", "storage_path", "resources", "train", "sweep", "debug", "diagnostics", "probe", "label", "alarms"}
@@ -100,6 +108,42 @@ class _ProgressTail(threading.Thread):
                 self.say(progress_line(self.spec, row, self.started, self.first_tokens))
 
 
+def record_probe_point(point: ProbePoint) -> None:
+    """List the point in the run's probe_points.jsonl."""
+    with open(Path(point.run_dir) / PROBE_POINTS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(asdict(point)) + "\n")
+
+
+def submit_to_probe_service(spec: ExperimentSpec) -> Callable[[ProbePoint], None]:
+    """Hand the point to the experiment's probe service and go on training (fire and forget)."""
+    spec_json = spec.model_dump(mode="json")
+
+    def submit(point: ProbePoint) -> None:
+        get_service(spec).submit.remote(spec_json, point_request(point, probe_ordinal(spec, point.task_index)))
+
+    return submit
+
+
+def default_hooks(spec: ExperimentSpec) -> Hooks:
+    """The spec's mitigations, then recording and probing the probe points."""
+    hooks = hooks_for(spec)
+    hooks.probe_point += [record_probe_point, submit_to_probe_service(spec)]
+    return hooks
+
+
+def train_worker(config: dict) -> None:
+    """Entry point of each Ray Train worker."""
+    # One stream and several reports per task would flood the driver's log with INFO lines.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # bars are off on purpose
+    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)  # Ray names this logger by path
+    spec = ExperimentSpec.model_validate(config["spec"])
+    context = ray.train.get_context()
+    trainer = Trainer(spec, Path(config["run_dir"]), context.get_world_rank(), context.get_world_size(),
+                      ray.train.torch.get_device(), default_hooks(spec))
+    trainer.run()
+
+
 def build_trainer(spec: ExperimentSpec, directory: Path, callbacks: list | None = None) -> TorchTrainer:
     resources = spec.resources
     per_worker = {"CPU": resources.cpus_per_worker}
@@ -121,7 +165,7 @@ def build_trainer(spec: ExperimentSpec, directory: Path, callbacks: list | None 
 
 
 def _summary(directory: Path) -> RunSummary:
-    rows = [r for r in read_rows(directory / "metrics.jsonl") if "loss" in r]
+    rows = [r for r in read_jsonl(directory / METRICS_FILE) if "loss" in r]
     return RunSummary(directory, (directory / COMPLETE_FILE).exists(), rows[-1] if rows else None)
 
 
@@ -132,7 +176,7 @@ def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], N
     spec_json = spec.model_dump(mode="json")
     if spec.probe.baseline:
         service.submit.remote(spec_json, baseline_request(spec, directory))
-    for point in read_rows(directory / "probe_points.jsonl", key=("task_index",)):
+    for point in read_jsonl(directory / PROBE_POINTS_FILE, key=("task_index",)):
         service.submit.remote(spec_json, point_request(ProbePoint(**point), probe_ordinal(spec, point["task_index"])))
     pending = ray.get(service.status.remote(str(directory)))["pending"]
     if pending:
@@ -146,7 +190,7 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     # Workers run in their own working directory: hand them an absolute storage path.
     spec = with_overrides(spec, {"storage_path": str(storage_dir(spec.storage_path).resolve())})
     directory = run_dir(spec)
-    metrics = directory / "metrics.jsonl"
+    metrics = directory / METRICS_FILE
     if (directory / COMPLETE_FILE).exists():
         say(f"{directory}: already complete")
         if spec.probe.enabled:
@@ -156,7 +200,7 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     position = check(saved[-1], model_config(spec))["position"] if saved else None
     prepare(spec, say=say)
     directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(directory / "spec.json", spec.model_dump(mode="json"))
+    write_json_atomic(directory / SPEC_FILE, spec.model_dump(mode="json"))
     say(
         f"training {spec.model.size} (lr {spec.lr:.3g}, seed {spec.seed}) on {spec.resources.workers} worker(s): "
         f"{spec.tasks} tasks × {spec.steps_per_task} steps → {directory}"
