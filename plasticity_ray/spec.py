@@ -74,6 +74,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Marks a field or a whole section that does not change what is trained: runs that differ only
+# there are the same run (one directory; changing it and running again resumes). Every other
+# field is part of the run's identity (`run_identity`).
+NOT_TRAINED: dict = {"run_identity": False}
+
+
 class ModelSpec(_Section):
     size: SizeName = "5M"  # a Table I name, or L<layers>-d<hidden> for a custom size
     # A learnable attention-sink token (Xiao et al. 2024) prepended to every sequence, so heads have
@@ -166,7 +172,8 @@ class OptimizerSpec(_Section):
 
 class BatchSpec(_Section):
     global_tokens: Count = 524_288  # 0.5M tokens = 256 sequences of 2,048
-    micro_batch: PositiveInt | Literal["auto"] = "auto"  # sequences per worker per forward pass
+    # Sequences per worker per forward pass: gradient accumulation, the same mathematics.
+    micro_batch: PositiveInt | Literal["auto"] = Field("auto", json_schema_extra=NOT_TRAINED)
 
 
 class ExtendedProbing(_Section):
@@ -223,20 +230,24 @@ class ResourcesSpec(_Section):
 
 
 class TrainSpec(_Section):
-    log_every: PositiveInt = 10  # steps between metric rows in storage
+    log_every: PositiveInt = Field(10, json_schema_extra=NOT_TRAINED)  # steps between metric rows in storage
     # Steps between ray.train.report calls (every rank; Ray Train consumes about one report per 2 s,
     # and a worker blocks until its previous report is taken, so reporting often slows short steps).
-    report_every: PositiveInt = 200
-    checkpoint_every: PositiveInt = 500  # steps; a checkpoint is also written at every task end
-    keep_checkpoints: PositiveInt = 2  # the newest K; probe-point checkpoints live until released
-    max_failures: Annotated[int, Ge(0)] = 3  # worker-group restarts from the last checkpoint
+    report_every: PositiveInt = Field(200, json_schema_extra=NOT_TRAINED)
+    # Steps; a checkpoint is also written at every task end.
+    checkpoint_every: PositiveInt = Field(500, json_schema_extra=NOT_TRAINED)
+    # The newest K; probe-point checkpoints live until released.
+    keep_checkpoints: PositiveInt = Field(2, json_schema_extra=NOT_TRAINED)
+    # Worker-group restarts from the last checkpoint.
+    max_failures: Annotated[int, Ge(0)] = Field(3, json_schema_extra=NOT_TRAINED)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on GPU only
+    # torch.compile the model (the same mathematics); auto: on GPU only.
+    compile: bool | Literal["auto"] = Field("auto", json_schema_extra=NOT_TRAINED)
     # Validation loss of the language being trained (stationary: mean over the languages), every
-    # `eval_every` steps on the first `eval_sequences` validation rows; 0 = off. Appendix A's LR
-    # grid scores a run by the mean of its last 10 such losses.
-    eval_every: Annotated[int, Ge(0)] = 0
-    eval_sequences: PositiveInt = 64
+    # `eval_every` steps on a seeded sample of `eval_sequences` validation rows; 0 = off. Appendix
+    # A's LR grid scores a run by the mean of its last 10 such losses.
+    eval_every: Annotated[int, Ge(0)] = Field(0, json_schema_extra=NOT_TRAINED)
+    eval_sequences: PositiveInt = Field(64, json_schema_extra=NOT_TRAINED)
 
 
 class AlarmSpec(_Section):
@@ -336,23 +347,27 @@ MITIGATION_NAMES = ("weight_clipping", "shrink_perturb", "redo", "continual_back
 
 
 class ExperimentSpec(_Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", json_schema_extra=NOT_TRAINED)]
     seed: Annotated[int, Ge(0)] = 0
-    storage_path: str = "runs"  # a local directory, or a file system mounted on every node (NFS) on a cluster
+    # A local directory, or on a cluster a file system mounted on every node (NFS).
+    storage_path: str = Field("runs", json_schema_extra=NOT_TRAINED)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
-    probe: ProbeSpec = Field(default_factory=ProbeSpec)
-    diagnostics: DiagnosticsSpec = Field(default_factory=DiagnosticsSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    # Probes and diagnostics measure copies; their rows record the settings they were measured with.
+    probe: ProbeSpec = Field(default_factory=ProbeSpec, json_schema_extra=NOT_TRAINED)
+    diagnostics: DiagnosticsSpec = Field(default_factory=DiagnosticsSpec, json_schema_extra=NOT_TRAINED)
+    # Where and how fast, not what: the same global batch on any number of workers.
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, json_schema_extra=NOT_TRAINED)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    sweep: SweepSpec = Field(default_factory=SweepSpec)
-    debug: DebugSpec = Field(default_factory=DebugSpec)
-    alarms: AlarmSpec = Field(default_factory=AlarmSpec)
+    sweep: SweepSpec = Field(default_factory=SweepSpec, json_schema_extra=NOT_TRAINED)
+    debug: DebugSpec = Field(default_factory=DebugSpec, json_schema_extra=NOT_TRAINED)
+    alarms: AlarmSpec = Field(default_factory=AlarmSpec, json_schema_extra=NOT_TRAINED)
     mitigations: list[Mitigation] = Field(default_factory=list)  # applied in the listed order
-    label: str | None = None  # the run's name in tables and figures (a sweep sets its variant's name)
+    # The run's name in tables and figures (a sweep sets its variant's name).
+    label: str | None = Field(None, json_schema_extra=NOT_TRAINED)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentSpec":
@@ -465,6 +480,29 @@ class ExperimentSpec(_Section):
     @property
     def lr(self) -> float:
         return self.model.resolved.paper_lr if self.optimizer.lr == "paper" else self.optimizer.lr
+
+
+def _identity(section: type[BaseModel], values: dict) -> dict:
+    out = {}
+    for name, value in values.items():
+        info = section.model_fields[name]
+        if info.json_schema_extra == NOT_TRAINED:
+            continue
+        inner = info.annotation
+        nested = isinstance(inner, type) and issubclass(inner, _Section) and isinstance(value, dict)
+        out[name] = _identity(inner, value) if nested else value
+    return out
+
+
+def run_identity(spec: ExperimentSpec) -> dict:
+    """What a run trains: every field not marked NOT_TRAINED, with the values they resolve to (the
+    paper's LR rule as its number, the mode's default resets as booleans), so two specs that train
+    the same thing have the same identity."""
+    identity = _identity(ExperimentSpec, spec.model_dump(mode="json"))
+    identity["optimizer"]["lr"] = spec.lr
+    identity["schedule"]["reset_optimizer_per_task"] = spec.resets_optimizer
+    identity["schedule"]["restart_warmup_per_task"] = spec.restarts_warmup
+    return identity
 
 
 class SpecError(Exception):

@@ -28,7 +28,7 @@ from ray.train.v2._internal.execution import context as ray_train_context
 from plasticity_ray.data.prepare import prepare
 from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
-from plasticity_ray.spec import ExperimentSpec, with_overrides
+from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
 from plasticity_ray.storage import storage_dir, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
 from plasticity_ray.train.hooks import Hooks, ProbePoint, probe_ordinal
@@ -36,12 +36,10 @@ from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE
 from plasticity_ray.train.loop import Trainer
 from plasticity_ray.train.recipe import model_config
 
-# Fields that do not change what is trained: a run keeps its id (and resumes) when only these change.
-_NOT_IN_RUN_ID = {"name", "storage_path", "resources", "train", "sweep", "debug", "diagnostics", "probe", "label", "alarms"}
-
-
 def run_id(spec: ExperimentSpec) -> str:
-    identity = spec.model_dump(mode="json", exclude=_NOT_IN_RUN_ID)
+    """The size, LR and seed, and a hash of everything that changes what is trained (`run_identity`):
+    a spec that differs only elsewhere finds the same directory and resumes it."""
+    identity = run_identity(spec)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return f"{spec.model.size}_lr{spec.lr:.3g}_seed{spec.seed}_{digest}"
 

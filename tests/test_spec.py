@@ -224,3 +224,23 @@ def test_variants_cross_the_grid_and_bad_variants_name_their_field(tmp_path):
         load_spec(bad)
     assert err.value.problems == ["sweep.variants.a.optimizer.weight_decya: not a field of the spec",
                                   "sweep.variants.b: mitigations[0].every: must be greater than 0"]
+
+
+def test_run_identity_is_declared_per_field():
+    from plasticity_ray.trial import run_id
+
+    base = ExperimentSpec(name="x", model={"size": "5M"})
+    same = {  # how it runs, not what it trains
+        "batch.micro_batch": 4, "train.compile": True, "train.log_every": 5, "train.checkpoint_every": 7,
+        "resources.workers": 4, "probe.same_data_order": True, "diagnostics.enabled": [], "name": "other",
+        "storage_path": "/elsewhere", "label": "a name", "alarms.enabled": False,
+        "optimizer.lr": 3e-3,  # the paper's rule for 5M, written as its number
+        "schedule.reset_optimizer_per_task": True,  # the continual default, written out
+    }
+    for path, value in same.items():
+        assert run_id(with_overrides(base, {path: value})) == run_id(base), path
+    different = {"train.precision": "bf16", "batch.global_tokens": 262144, "seed": 1, "optimizer.eps": 1e-6,
+                 "schedule.restart_warmup_per_task": False, "data.seq_len": 1024,
+                 "mitigations": [{"name": "weight_clipping"}], "model.attention_sink": True}
+    for path, value in different.items():
+        assert run_id(with_overrides(base, {path: value})) != run_id(base), path

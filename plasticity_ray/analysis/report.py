@@ -56,10 +56,9 @@ def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
     for run in runs:
         o = find_onset([run.tasks_trained(p) for p in run.probes], [p["auc"] for p in run.probes], run.baseline)
         onsets[run.trial_id] = o
-        lr = run.spec["optimizer"]["lr"]
         rows.append({
             "trial_id": run.trial_id, "variant": run.variant, "size": run.size, "params": run.params, "mode": run.mode,
-            "lr": lr, "seed": run.spec["seed"], "probes": len(run.probes), "onset_tasks": o.task_instance,
+            "lr": run.lr, "seed": run.spec["seed"], "probes": len(run.probes), "onset_tasks": o.task_instance,
             "onset_tokens": o.task_instance * run.tokens_per_task if o.task_instance is not None else None,
             "status": o.status, "message": o.message,
             **_alarm_lead(run, o),

@@ -1,4 +1,4 @@
-"""Data preparation: documents → clean → tokenize (Ray Data actor pool) → pack → Parquet shards.
+"""Data preparation: documents → clean → tokenize (Ray Data tasks) → pack → Parquet shards.
 
 One location per data configuration: ``<storage>/prepared/<tokenizer>-<fingerprint>``, where the
 fingerprint hashes every data field except the language lists, so changing the source, tokenizer,

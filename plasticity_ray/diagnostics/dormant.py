@@ -11,12 +11,18 @@ import torch
 from plasticity_ray.model.gpt import GPT
 
 
-def _scores_to_result(per_layer: list[torch.Tensor], threshold: float) -> dict:
-    layers = []
+def dormant_masks_from_means(per_layer: list[torch.Tensor], threshold: float) -> list[torch.Tensor]:
+    """Eqs. (3)-(4): per layer, which units' mean |statistic| ÷ the layer's mean is ≤ `threshold`."""
+    masks = []
     for mean_abs in per_layer:
         layer_mean = mean_abs.mean()
         score = mean_abs / layer_mean if layer_mean > 0 else torch.zeros_like(mean_abs)
-        layers.append(score <= threshold)
+        masks.append(score <= threshold)
+    return masks
+
+
+def _scores_to_result(per_layer: list[torch.Tensor], threshold: float) -> dict:
+    layers = dormant_masks_from_means(per_layer, threshold)
     dormant = [int(d.sum().item()) for d in layers]
     units = [d.numel() for d in layers]
     return {

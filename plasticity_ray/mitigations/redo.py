@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from plasticity_ray.diagnostics.dormant import activation_means
+from plasticity_ray.diagnostics.dormant import activation_means, dormant_masks_from_means
 from plasticity_ray.mitigations.init import fresh_like, generator
 from plasticity_ray.spec import ReDo
 from plasticity_ray.train.hooks import StepEnd
@@ -22,12 +22,7 @@ def dormant_masks(model, rows: torch.Tensor, threshold: float) -> list[torch.Ten
         stacked = torch.stack(means)
         dist.all_reduce(stacked)
         means = list(stacked / dist.get_world_size())
-    masks = []
-    for mean_abs in means:
-        layer_mean = mean_abs.mean()
-        score = mean_abs / layer_mean if layer_mean > 0 else torch.zeros_like(mean_abs)
-        masks.append(score <= threshold)
-    return masks
+    return dormant_masks_from_means(means, threshold)
 
 
 def zero_moments(optimizer, param: torch.Tensor, index, dim: int) -> None:

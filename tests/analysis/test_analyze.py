@@ -31,6 +31,7 @@ def test_one_experiment_gets_onsets_figures_and_says_what_it_skipped(experiments
         rows = {r["size"]: r for r in csv.DictReader(f)}
     assert {size: int(r["onset_tasks"]) for size, r in rows.items()} == {"5M": 24, "12M": 32}
     assert rows["5M"]["status"] == "found"
+    assert float(rows["5M"]["lr"]) == pytest.approx(3e-3) and float(rows["12M"]["lr"]) == pytest.approx(2.3e-3, abs=5e-6)
     for stem in ("fig2_auc_change", "fig5_correlates", "fig6_dormant_layers", "fig7_attention", "fig9_onset"):
         assert (analysis / f"{stem}.png").stat().st_size > 1000 and (analysis / f"{stem}.svg").exists()
         assert f"![{stem}]({stem}.png)" in (analysis / "report.md").read_text()
