@@ -8,10 +8,11 @@ import os
 
 import ray
 
+from plasticity_ray.errors import UserError
 from plasticity_ray.spec import ExperimentSpec
 
 
-class ResourceError(Exception):
+class ResourceError(UserError):
     """The local Ray can never run what the spec asks for."""
 
 

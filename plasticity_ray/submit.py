@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
+
+from plasticity_ray.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 UPLOAD_EXCLUDES = [
@@ -24,7 +27,7 @@ PENDING_WARNING_S = 15.0
 AGENT_WAIT_S = 180.0  # a loaded head can take minutes to start its job agent
 
 
-class SubmitError(Exception):
+class SubmitError(UserError):
     pass
 
 
@@ -44,21 +47,11 @@ def submit(spec_path: Path, address: str, storage: str | None = None, extra: lis
            root: Path = PROJECT_ROOT, say: Callable[[str], None] = print) -> tuple[JobSubmissionClient, str]:
     """Submit the sweep; returns the client and the job id. Says so when the job waits in PENDING."""
     command = entrypoint(spec_path, root, storage, list(extra))
-    client = JobSubmissionClient(address)
-    deadline = time.time() + AGENT_WAIT_S
-    while True:
-        try:
-            job_id = client.submit_job(
-                entrypoint=command,
-                runtime_env={"working_dir": str(root), "excludes": UPLOAD_EXCLUDES},
-                metadata={"tool": "plasticity-ray", "spec": spec_path.name},
-            )
-            break
-        except RuntimeError as err:  # a head that has just started has no job agent for a few seconds
-            if "No available agent" not in str(err) or time.time() > deadline:
-                raise
-            say("the cluster's job agent is not up yet; trying again")
-            time.sleep(2.0)
+    try:
+        client = JobSubmissionClient(address)
+        job_id = _submit_when_ready(client, command, root, spec_path, say)
+    except (ConnectionError, RuntimeError, AuthenticationError) as err:  # unreachable, refused, wrong token
+        raise SubmitError(f"cannot submit to {address}: {str(err).strip().splitlines()[0]}") from None
     say(f"submitted {job_id}: {command}")
     say(f"  status: ray job status {job_id} --address {address}; logs: ray job logs {job_id} --address {address} --follow")
     started = time.time()
@@ -69,6 +62,23 @@ def submit(spec_path: Path, address: str, storage: str | None = None, extra: lis
             break
         time.sleep(1.0)
     return client, job_id
+
+
+def _submit_when_ready(client: JobSubmissionClient, command: str, root: Path, spec_path: Path,
+                       say: Callable[[str], None]) -> str:
+    deadline = time.time() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=command,
+                runtime_env={"working_dir": str(root), "excludes": UPLOAD_EXCLUDES},
+                metadata={"tool": "plasticity-ray", "spec": spec_path.name},
+            )
+        except RuntimeError as err:  # a head that has just started has no job agent for a few seconds
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            say("the cluster's job agent is not up yet; trying again")
+            time.sleep(2.0)
 
 
 def follow(client: JobSubmissionClient, job_id: str, say: Callable[[str], None] = print) -> JobStatus:

@@ -23,7 +23,6 @@ import ray
 import ray.train
 import ray.train.torch
 from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.execution import context as ray_train_context
 
 from plasticity_ray.data.prepare import prepare
 from plasticity_ray.mitigations import hooks_for
@@ -129,12 +128,21 @@ def default_hooks(spec: ExperimentSpec) -> Hooks:
     return hooks
 
 
+class _WithoutReportLines(logging.Filter):
+    """Ray Train logs an INFO line for every `ray.train.report` (from a logger named by its source
+    file's path, so it is matched by its message); warnings and errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.getMessage().startswith("Reporting training result")
+
+
 def train_worker(config: dict) -> None:
-    """Entry point of each Ray Train worker."""
+    """Entry point of each Ray Train worker (a process of its own: its log settings are its own)."""
     # One stream and several reports per task would flood the driver's log with INFO lines.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # bars are off on purpose
-    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)  # Ray names this logger by path
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WithoutReportLines())
     spec = ExperimentSpec.model_validate(config["spec"])
     context = ray.train.get_context()
     trainer = Trainer(spec, Path(config["run_dir"]), context.get_world_rank(), context.get_world_size(),

@@ -16,11 +16,25 @@ def _load_all(name):
     return list(yaml.safe_load_all((CLUSTER / name).read_text()))
 
 
+def _ray_cluster_schema() -> dict:
+    """The JSON schema Ray's cluster launcher validates configs against (shipped with Ray)."""
+    import json
+    from importlib.resources import files
+
+    return json.loads((files("ray.autoscaler") / "ray-schema.json").read_text())
+
+
 def test_launcher_config_has_a_gpu_worker_type_shared_storage_and_auth():
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    import jsonschema
 
     config = _load_all("aws-gpu.yaml")[0]
-    validate_config(prepare_config(config))  # Ray's own schema, after filling in its defaults
+    schema = _ray_cluster_schema()
+    jsonschema.validate(config, schema)  # Ray's own schema
+    try:  # which does catch a misspelled key
+        jsonschema.validate({**config, "head_node_typ": "x"}, schema)
+        raise AssertionError("Ray's schema accepted a misspelled key")
+    except jsonschema.ValidationError as err:
+        assert "head_node_typ" in err.message
     assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_MINOR)}\.\d+-py311-gpu", config["docker"]["image"])
     types = config["available_node_types"]
     assert config["head_node_type"] in types

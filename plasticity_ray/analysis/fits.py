@@ -21,6 +21,8 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from plasticity_ray.errors import UserError
+
 MODELS = ("linear", "linear_log", "exponential", "log_log")
 FORMULAS = {"linear": "T = a + b·P", "linear_log": "T = a + b·ln P", "exponential": "T = a·exp(b·P)",
             "log_log": "ln T = a + b·ln P"}
@@ -79,9 +81,9 @@ def fit_onsets(params: list[float], onsets: list[float], predict: list[float] = 
     the best model has the lowest leave-one-out RMSE; predictions use it."""
     p, t = np.asarray(params, float), np.asarray(onsets, float)
     if len(p) < 3:
-        raise ValueError(f"{len(p)} (params, onset) point(s): the fits need at least 3")
+        raise UserError(f"{len(p)} (params, onset) point(s): the fits need at least 3")
     if (p <= 0).any() or (t <= 0).any():
-        raise ValueError("params and onsets must be positive (the models take logarithms)")
+        raise UserError("params and onsets must be positive (the models take logarithms)")
     models = {}
     for name in MODELS:
         coef, se, fitted = fit_model(name, p, t)
@@ -109,12 +111,17 @@ def fit_onsets(params: list[float], onsets: list[float], predict: list[float] = 
 
 def read_onset_table(path: Path) -> tuple[list[float], list[float]]:
     """A CSV with columns params,onset (other columns ignored)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"params", "onset"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need params,onset)")
-        rows = [(float(r["params"]), float(r["onset"])) for r in reader if r["params"] and r["onset"]]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"params", "onset"} - set(reader.fieldnames or [])
+            if missing:
+                raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need params,onset)")
+            rows = [(float(r["params"]), float(r["onset"])) for r in reader if r["params"] and r["onset"]]
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    except ValueError as err:
+        raise UserError(f"{path}: not a number ({err})") from None
     return [p for p, _ in rows], [t for _, t in rows]
 
 

@@ -12,8 +12,9 @@ from plasticity_ray.analysis import figures
 from plasticity_ray.analysis.fits import fit_onsets
 from plasticity_ray.analysis.onset import Onset, find_onset
 from plasticity_ray.analysis.runs import Run, load_runs
+from plasticity_ray.errors import UserError
 from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
-from plasticity_ray.sweep.results import to_csv
+from plasticity_ray.sweep.results import format_table, to_csv
 
 ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
                  "first_alarm_tasks", "alarm_lead_tasks", "message"]
@@ -136,9 +137,12 @@ def _save(fig, stem: Path) -> list[Path]:
 def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Callable[[str], None] = print) -> Analysis:
     """Everything above for the runs of `experiment_dirs`, written to `out_dir` (default: the first
     experiment's `analysis/`)."""
+    missing = [d for d in experiment_dirs if not d.is_dir()]
+    if missing:
+        raise UserError(f"{', '.join(map(str, missing))}: not a directory")
     runs = load_runs(experiment_dirs)
     if not runs:
-        raise ValueError(f"no runs in {', '.join(map(str, experiment_dirs))} (a run directory holds spec.json)")
+        raise UserError(f"no runs in {', '.join(map(str, experiment_dirs))} (a run directory holds spec.json)")
     out_dir = out_dir or experiment_dirs[0] / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, onsets = onset_rows(runs)
@@ -184,6 +188,21 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Calla
     write_bytes_atomic(out_dir / "report.md", _report(experiment_dirs, rows, by_language, result, captions).encode())
     result.written.append(out_dir / "report.md")
     return result
+
+
+def format_analysis(result: Analysis) -> str:
+    """What `analyze` (and the end of `sweep`) prints: the onset table, each run's onset in words,
+    the variants side by side, the best fit, what was skipped and where the report is."""
+    lines = [format_table(result.onsets, [c for c in ONSET_COLUMNS if c != "message"])]
+    lines += [f"  {row['trial_id']}: {row['message']}" for row in result.onsets]
+    if len({r["variant"] for r in result.mitigations}) > 1:
+        lines += ["\nvariants side by side (mean over seeds; cost = last-cycle train loss vs 'none'):",
+                  format_table(result.mitigations, MITIGATION_COLUMNS)]
+    if result.fits:
+        lines.append(f"best scaling fit (leave-one-out RMSE): {result.fits['best']}")
+    lines += [f"skipped {name}: {why}" for name, why in result.skipped]
+    lines.append(f"report, tables and figures: {result.out_dir / 'report.md'} ({len(result.written)} files)")
+    return "\n".join(lines)
 
 
 def _fmt(value, spec: str) -> str:

@@ -11,6 +11,8 @@ tail of each pool is left out (its size is recorded).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -98,6 +100,25 @@ class Prepared:
             entry[f"{key}_documents"] = info["documents"]
         return {"tokenizer": self.manifest["tokenizer"]["name"], "seq_len": self.manifest["seq_len"],
                 "path": str(self.root), "languages": languages}
+
+
+def format_stats(stats: dict, usage: dict) -> str:
+    """`data stats` as a table: per language its pools, and how many passes the run needs over each
+    (`schedule.pool_usage`), or for the probe language what share of its pool one probe reads."""
+    lines = [f"{stats['tokenizer']} tokens, rows of seq_len {stats['seq_len']} + 1, in {stats['path']}",
+             f"{'lang':<5} {'train tokens':>14} {'val tokens':>12} {'train docs':>10} {'val docs':>8}  pool passes"]
+    for lang, s in stats["languages"].items():
+        use = usage.get(lang)
+        if use is None:
+            note = "probe language (probes off)"
+        elif use.get("per") == "probe":
+            share = use["rows_needed"] / use["pool_rows"]
+            note = f"probe language: each probe reads {share:.0%} of the pool" + (" (rows repeat)" if share > 1 else "")
+        else:
+            note = f"{use['passes']}" + (" (rows repeat)" if use["passes"] > 1 else "")
+        lines.append(f"{lang:<5} {s['train_tokens']:>14,} {s['val_tokens']:>12,} {s['train_documents']:>10,} "
+                     f"{s['val_documents']:>8,}  {note}")
+    return "\n".join(lines)
 
 
 def _manifest_path(root: Path) -> Path:
@@ -225,18 +246,38 @@ def prepare(spec: ExperimentSpec, say: Callable[[str], None] = print) -> Prepare
     root = prepared_root(spec)
     root.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(root, spec) or {**_expected_header(spec), "languages": {}}
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows are cut from the stream in order
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # we print our own progress, per language
     ready = all(language in manifest["languages"] for language in all_languages(spec.data))
     say(f"{spec.data.tokenizer} data of {len(all_languages(spec.data))} languages ready in {root}" if ready
         else f"preparing {spec.data.tokenizer} data in {root}")
-    for language in all_languages(spec.data):
-        if language in manifest["languages"]:
-            if not ready:
-                say(f"  {language}: already prepared, skipped")
-            continue
-        units = _prepare_language(spec, root, language, say)
-        manifest["languages"][language] = units
-        write_json_atomic(_manifest_path(root), manifest)
+    ray_data_logger = logging.getLogger("ray.data")
+    level = ray_data_logger.level
+    ray_data_logger.setLevel(logging.WARNING)  # we print our own progress, per language
+    try:
+        with ordered_datasets():  # rows are cut from the stream in order
+            for language in all_languages(spec.data):
+                if language in manifest["languages"]:
+                    if not ready:
+                        say(f"  {language}: already prepared, skipped")
+                    continue
+                units = _prepare_language(spec, root, language, say)
+                manifest["languages"][language] = units
+                write_json_atomic(_manifest_path(root), manifest)
+    finally:
+        ray_data_logger.setLevel(level)
     return load_prepared(spec)
+
+
+@contextlib.contextmanager
+def ordered_datasets(progress_bars: bool = True):
+    """Ray Data datasets created inside keep their blocks in order (and, with `progress_bars`
+    off, draw none); the process-wide DataContext is as before afterwards — a dataset keeps the
+    context it was created with."""
+    context = ray.data.DataContext.get_current()
+    saved = context.execution_options, context.enable_progress_bars
+    context.execution_options = copy.copy(saved[0])
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = saved[1] and progress_bars
+    try:
+        yield
+    finally:
+        context.execution_options, context.enable_progress_bars = saved

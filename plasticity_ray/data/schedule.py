@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 import ray.data
 
-from plasticity_ray.data.prepare import Prepared
+from plasticity_ray.data.prepare import Prepared, ordered_datasets
 from plasticity_ray.data.shards import ROW_GROUP_ROWS, Unit
 from plasticity_ray.spec import ALL_LANGUAGES, ExperimentSpec
 
@@ -207,8 +207,8 @@ def task_stream(
     """Ray Data stream of task `index` from `start_step` on: a column ``ids`` of seq_len + 1 token
     ids per row, in training order; global batch s is rows [s·B, (s+1)·B), B = global sequences.
     With `world_size` > 1, the stream holds only this rank's slice of every global batch: rows
-    [s·B + rank·b, s·B + (rank+1)·b), b = B / world_size. Iterate it with ``preserve_order``
-    on (set here) to get exactly that order."""
+    [s·B + rank·b, s·B + (rank+1)·b), b = B / world_size. The dataset keeps its blocks in that
+    order (`preserve_order`, set for it alone)."""
     plan = task_rows(spec, prepared, index)
     batch = spec.global_sequences
     if batch % world_size:
@@ -225,11 +225,10 @@ def task_stream(
         for a in range(0, len(rows), item_rows)
     ]
     units = {lang: prepared.unit(lang, "train") for lang in spec.data.languages}
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False  # one stream per task: bars would flood the driver's log
-    # Read tasks ask for no CPU: inside a Train worker the CPUs are all taken by the workers, and
-    # a read is light I/O that must never wait for a CPU slot (Ray Data would otherwise hang).
-    return ray.data.from_items(items).map_batches(
-        lambda b: _read_rows(b, units), batch_size=1, batch_format="numpy", num_cpus=0
-    )
+    # In order, and without progress bars: one stream per task would flood the driver's log.
+    with ordered_datasets(progress_bars=False):
+        # Read tasks ask for no CPU: inside a Train worker the CPUs are all taken by the workers, and
+        # a read is light I/O that must never wait for a CPU slot (Ray Data would otherwise hang).
+        return ray.data.from_items(items).map_batches(
+            lambda b: _read_rows(b, units), batch_size=1, batch_format="numpy", num_cpus=0
+        )

@@ -24,11 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plasticity_ray.errors import UserError
+
 ROW_GROUP_ROWS = 128
 ROW_GROUPS_PER_SHARD = 256  # 32,768 rows: 268 MB of int32 at seq_len 2048
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad input data or prepared data; the message names the language, file or field."""
 
 

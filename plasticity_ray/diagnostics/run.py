@@ -60,3 +60,13 @@ def diagnose_checkpoint(spec: ExperimentSpec, prepared: Prepared, path: Path, pr
     model = build(spec, device, path, compile=False).model
     before = build(spec, device, previous, compile=False).model.state_dict() if previous is not None else None
     return {**diagnose(spec, prepared, model, before), "device": str(device)}
+
+
+def format_diagnostics(result: dict) -> str:
+    """One line per diagnostic, without its per-layer and per-head arrays."""
+    lines = []
+    for name, value in result.items():
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if not isinstance(v, (list, dict))}
+        lines.append(f"{name}: {value}")
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ all-reduced statistics and random draws from generators seeded by the run's seed
 task, so DDP replicas stay identical and a resumed run repeats them exactly. A hook that keeps
 state (Continual Backprop's utilities) is an object with `attach(model)`, `state_dict()` and
 `load_state_dict(state, device)`; the trainer attaches it and keeps its state in every checkpoint.
-To add one: a typed section in `spec.py` (added to the `Mitigation` union), a module here, and a
+To add one: a typed section in `spec/schema.py` (added to the `Mitigation` union), a module here, and a
 line in `hooks_for`.
 """
 

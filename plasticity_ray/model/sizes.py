@@ -100,3 +100,12 @@ def size_table() -> list[dict]:
         }
         for s in PAPER_SIZES.values()
     ]
+
+
+def format_size_table() -> str:
+    """Table I and the LR rule as `plasticity-ray sizes` prints them."""
+    lines = [f"{'name':>6} {'layers':>6} {'hidden':>6} {'heads':>5} {'non-embedding':>15} {'total':>13} {'lr':>9}"]
+    lines += [f"{r['name']:>6} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} "
+              f"{r['non_embedding_params']:>15,} {r['total_params']:>13,} {r['lr']:>9.3g}" for r in size_table()]
+    lines.append("total = non-embedding + tied token table (151,680 rows) + 2,048 positions; lr = 3e-3·(320/d)^0.79248")
+    return "\n".join(lines)

@@ -84,3 +84,9 @@ def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | 
         "final_val_loss": curve[-1][1], "checkpoint": str(checkpoint_path) if checkpoint_path else None,
         "device": str(device),
     }
+
+
+def format_probe(result: dict) -> str:
+    lines = [f"AUC {result['auc']:.4f} over {result['steps']} probe steps ({result['eval_sequences']} validation rows)"]
+    lines += [f"  step {point['step']:>6}  val loss {point['val_loss']:.4f}" for point in result["curve"]]
+    return "\n".join(lines)

@@ -10,8 +10,12 @@ its interpolated LR, and the loss at it when the experiment holds a run at that 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+from plasticity_ray.errors import UserError
 from plasticity_ray.model.sizes import resolve_size
+from plasticity_ray.storage import write_json_atomic
+from plasticity_ray.sweep.results import experiment_tables
 
 SAME_LR = 0.01  # relative tolerance for "a run at the interpolated LR"
 
@@ -55,3 +59,15 @@ def format_lr_grid(table: dict) -> str:
     lines.append(f"alpha = {table['alpha']:.5f}  (from the best LRs of {a['small']} and {a['large']}; "
                  "interp. lr = lr_small · (d_small/d)^alpha; its loss is shown when a run at that LR exists)")
     return "\n".join(lines)
+
+
+def write_lr_grid(experiment_dir: Path) -> tuple[dict, Path]:
+    """Table II of an LR-grid experiment, also written to its lr_grid.json (and where)."""
+    result, _ = experiment_tables(experiment_dir)
+    try:
+        table = lr_grid_table(result["trials"])
+    except ValueError as err:
+        raise UserError(f"{experiment_dir}: {err}") from None
+    path = experiment_dir / "lr_grid.json"
+    write_json_atomic(path, table)
+    return table, path

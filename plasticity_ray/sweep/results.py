@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 
 from plasticity_ray.analysis.runs import Run, load_run
+from plasticity_ray.errors import UserError
 from plasticity_ray.rundir import COMPLETE_FILE, run_dirs
 from plasticity_ray.storage import write_bytes_atomic
 
@@ -93,6 +94,16 @@ def write_tables(experiment_dir: Path, result: dict[str, list[dict]]) -> list[Pa
     return paths
 
 
+def experiment_tables(experiment_dir: Path) -> tuple[dict[str, list[dict]], list[Path]]:
+    """The experiment's tables, also written as CSV next to the runs (and where)."""
+    if not experiment_dir.is_dir():
+        raise UserError(f"{experiment_dir}: not a directory")
+    result = tables(experiment_dir)
+    if not result["trials"]:
+        raise UserError(f"{experiment_dir}: no runs here (a run directory holds spec.json)")
+    return result, write_tables(experiment_dir, result)
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     def cell(value) -> str:
         if isinstance(value, float):
@@ -104,3 +115,20 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
     return "\n".join(lines)
+
+
+def format_probes(run_dir: Path, language: str) -> list[str]:
+    """A run's probe AUCs with Eq. (1)'s % change, as `train` prints them at its end."""
+    run = load_run(run_dir)
+    if run.baseline is None and not run.probes:
+        return []
+    lines = [f"  probes ({run_dir / 'probes'}): AUC of {language} validation loss, lower = learns faster"]
+    if run.baseline is not None:
+        lines.append(f"    {'fresh model (baseline)':<28} {run.baseline:.4f}")
+    reference = run.auc_reference
+    if reference is not None:
+        lines.append(f"    % change: Eq. (1) against the probe after task {run.tasks_trained(reference)} (AUC₁)")
+    for r, change in zip(run.probes, run.auc_change(run.probes)):
+        where = f"cycle {r['cycle'] + 1}, after {r['language'] or 'mixture'}"
+        lines.append(f"    {where:<28} {r['auc']:.4f}" + (f"  {change:+.2f}%" if change is not None else ""))
+    return lines

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
+from plasticity_ray.errors import UserError
 from plasticity_ray.model.gpt import GPTConfig
+from plasticity_ray.spec import ExperimentSpec, with_overrides
 from plasticity_ray.storage import write_json_atomic
 
 FORMAT = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
@@ -132,3 +134,10 @@ def load(path: Path, model: torch.nn.Module, cfg: GPTConfig, optimizer: torch.op
         except (ValueError, KeyError) as err:
             raise CheckpointError(f"{path / 'optimizer.pt'}: does not fit the optimizer ({err})") from None
     return state
+
+
+def checkpoint_spec(spec: ExperimentSpec, path: Path) -> ExperimentSpec:
+    """The spec with the size, LR and seed the checkpoint at `path` was trained with."""
+    state = read_state(path)
+    return with_overrides(spec, {"model.size": state["size"], "optimizer.lr": state["lr"], "seed": state["seed"]},
+                          source=str(path))

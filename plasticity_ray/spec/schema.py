@@ -1,22 +1,14 @@
-"""Typed experiment specs: one YAML file describes a whole experiment.
-
-Defaults are the paper's values (§IV, Appendix A). Unknown keys are errors. Every problem in a
-file is reported as one line naming the field path, e.g. ``schedule.tokens_per_task: must be
-greater than 0``, through `SpecError`; nothing here raises a pydantic traceback at the user.
-"""
+"""The spec's schema: typed sections with the paper's values as defaults (§IV, Appendix A),
+unknown keys forbidden, cross-field rules, the resolved protocol (`ExperimentSpec.lr`,
+`resets_optimizer`, ...) and which fields make up a run's identity."""
 
 from __future__ import annotations
 
-import difflib
-import itertools
 import math
-import re
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
-import yaml
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from plasticity_ray.model.sizes import ModelSize, resolve_size
 
@@ -282,7 +274,7 @@ class OptunaSearchSpec(_Section):
     def _ordered(self) -> "OptunaSearchSpec":
         if self.low >= self.high:
             raise ValueError(f"low {self.low} must be below high {self.high}")
-        if not _is_spec_path(self.parameter):
+        if not is_spec_path(self.parameter):
             raise ValueError(f"parameter: {self.parameter!r} is not a field of the spec")
         return self
 
@@ -505,91 +497,8 @@ def run_identity(spec: ExperimentSpec) -> dict:
     return identity
 
 
-class SpecError(Exception):
-    """A spec that cannot be used; `problems` holds one readable line per problem."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__("\n".join([f"{source}: {len(problems)} problem(s)"] + [f"  {p}" for p in problems]))
-
-
-# Fields that were renamed: what to write instead.
-_RENAMED = {"after_languages": "now probe.extended: {languages: [...], cycles: [from, to]} (cycles optional)"}
-# Every key a spec may hold, for "did you mean" hints on misspelled keys.
-_FIELD_NAMES = sorted({name for section in _Section.__subclasses__() for name in section.model_fields})
-
-
-def _format_loc(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part in ("builtin", "hf", "files") and text.endswith("source"):
-            continue  # the union's tag adds nothing a user typed
-        elif part in MITIGATION_NAMES and text.startswith("mitigations["):
-            continue
-        elif isinstance(part, str) and part.startswith(("function-", "constrained-")):
-            continue
-        else:
-            text += ("." if text else "") + str(part)
-    return text
-
-
-def _readable(error: dict) -> list[str]:
-    loc = _format_loc(error["loc"])
-    kind, msg = error["type"], error["msg"]
-    if kind == "extra_forbidden":
-        key = str(error["loc"][-1])
-        if key in _RENAMED:
-            return [f"{loc}: {_RENAMED[key]}"]
-        guess = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.7)
-        return [f"{loc}: unknown field" + (f" (did you mean {guess[0]!r}?)" if guess else "")]
-    if kind == "missing":
-        return [f"{loc}: required"]
-    if kind == "union_tag_invalid":
-        tag, expected = str(error["ctx"]["tag"]), re.findall(r"'([^']+)'", error["ctx"]["expected_tags"])
-        guess = difflib.get_close_matches(tag, expected, n=1, cutoff=0.6)
-        hint = f"did you mean {guess[0]!r}? " if guess else ""
-        return [f"{loc}.{error['ctx']['discriminator'].strip(chr(39))}: unknown {tag!r} ({hint}one of {', '.join(expected)})"]
-    msg = re.sub(r"^(Value|Assertion) error, ", "", msg)
-    msg = msg.replace("Input should be", "must be").replace("Input tag", "tag")
-    lines = msg.split("\n")
-    if not loc:  # cross-field problems already name their fields
-        return lines
-    return [f"{loc}: {line}" for line in lines]
-
-
-def _problems(raw: Any) -> list[str]:
-    if not isinstance(raw, dict):
-        return ["the file must be a YAML mapping of sections (name, model, data, ...)"]
-    try:
-        ExperimentSpec.model_validate(raw)
-    except ValidationError as err:
-        return [line for e in err.errors() for line in _readable(e)]
-    return []
-
-
-def _validate(raw: Any, source: str) -> ExperimentSpec:
-    problems = _problems(raw)
-    if problems:
-        raise SpecError(source, problems)
-    return ExperimentSpec.model_validate(raw)
-
-
-def _set_path(raw: dict, path: str, value: Any) -> dict:
-    """A copy of `raw` with the dotted `path` set to `value`."""
-    head, _, rest = path.partition(".")
-    out = dict(raw)
-    if rest:
-        inner = out.get(head)
-        out[head] = _set_path(inner if isinstance(inner, dict) else {}, rest, value)
-    else:
-        out[head] = value
-    return out
-
-
-def _is_spec_path(path: str) -> bool:
+def is_spec_path(path: str) -> bool:
+    """Whether a dotted path names a field (not a section) of the spec."""
     model: Any = ExperimentSpec
     for part in path.split("."):
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
@@ -600,92 +509,5 @@ def _is_spec_path(path: str) -> bool:
     return not (isinstance(model, type) and issubclass(model, BaseModel))
 
 
-def _expand(spec: ExperimentSpec) -> list[tuple[str, dict[str, Any]]]:
-    """(label, overrides) of every sweep point: the grid's product (one empty point when there is
-    neither grid nor explicit points) and the explicit points, each crossed with the variants; a
-    variant's point also sets `label` to the variant's name."""
-    grid = spec.sweep.grid
-    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    if not grid and spec.sweep.points:
-        points = []  # only the explicit points
-    points += [dict(point) for point in spec.sweep.points]
-    labelled = [(", ".join(f"{k}={v}" for k, v in point.items()), point) for point in points]
-    if not spec.sweep.variants:
-        return [(label or "single run", point) for label, point in labelled]
-    return [(", ".join(x for x in (label, f"variant {name}") if x), {**point, **overrides, "label": name})
-            for label, point in labelled for name, overrides in spec.sweep.variants.items()]
-
-
-def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
-    """The sweep's points as dotted-path override dicts (see `_expand`)."""
-    return [point for _, point in _expand(spec)]
-
-
-def point_labels(spec: ExperimentSpec) -> list[str]:
-    """A readable name for each of `grid_points`, in the same order."""
-    return [label for label, _ in _expand(spec)]
-
-
-def with_overrides(spec: ExperimentSpec, overrides: dict[str, Any], source: str = "overrides") -> ExperimentSpec:
-    """The spec with dotted-path overrides applied and validated again."""
-    raw = spec.model_dump(mode="json")
-    for path, value in overrides.items():
-        if not _is_spec_path(path):
-            raise SpecError(source, [f"{path}: not a field of the spec"])
-        raw = _set_path(raw, path, value)
-    return _validate(raw, source)
-
-
-def _override_problems(raw: dict, where: str, overrides: Any, known: list[str]) -> list[str]:
-    """What a set of overrides (a sweep point or variant) adds to the base spec's `known` problems."""
-    problems, changed = [], raw
-    for path, value in (overrides.items() if isinstance(overrides, dict) else ()):
-        if not _is_spec_path(path):
-            problems.append(f"{where}.{path}: not a field of the spec")
-            continue
-        changed = _set_path(changed, path, value)
-    return problems + [f"{where}: {problem}" for problem in _problems(changed) if problem not in known]
-
-
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read, validate and check every sweep point of a spec file; raises SpecError."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(source, [f"cannot read the file: {err}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(source, [f"{where}not valid YAML ({getattr(err, 'problem', err)})"]) from None
-    problems = _problems(raw)
-    grid = raw.get("sweep", {}).get("grid") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else None
-    for path_, values in (grid.items() if isinstance(grid, dict) else ()):
-        if not _is_spec_path(path_):
-            problems.append(f"sweep.grid.{path_}: not a field of the spec")
-            continue
-        for i, value in enumerate(values if isinstance(values, list) else ()):
-            for problem in _problems(_set_path(raw, path_, value)):
-                if problem not in problems:  # only what this value adds to the base spec's problems
-                    inner = problem[len(path_) :] if problem.startswith(path_) else f": {problem}"
-                    problems.append(f"sweep.grid.{path_}[{i}]{inner}")
-    sweep = raw.get("sweep") if isinstance(raw, dict) and isinstance(raw.get("sweep"), dict) else {}
-    points = sweep.get("points")
-    for i, overrides in enumerate(points if isinstance(points, list) else ()):
-        problems += _override_problems(raw, f"sweep.points[{i}]", overrides, problems)
-    variants = sweep.get("variants")
-    for name, overrides in (variants.items() if isinstance(variants, dict) else ()):
-        problems += _override_problems(raw, f"sweep.variants.{name}", overrides, problems)
-    if problems:
-        raise SpecError(source, problems)
-    spec = ExperimentSpec.model_validate(raw)
-    for label, point in _expand(spec):  # each value may be fine alone and clash with another
-        try:
-            with_overrides(spec, point)
-        except SpecError as err:
-            problems += [f"sweep point ({label}): {problem}" for problem in err.problems]
-    if problems:
-        raise SpecError(source, problems)
-    return spec
+# Every key a spec may hold, for "did you mean" hints on misspelled keys.
+FIELD_NAMES = sorted({name for section in _Section.__subclasses__() for name in section.model_fields})

@@ -1,0 +1,7 @@
+"""The one error type a user sees: bad input or a state they can fix. Its message names the
+field, file, language or address and says what to do; the CLI prints it once (exit 2), never a
+traceback. Modules raise their own subclasses (SpecError, DataError, CheckpointError, ...)."""
+
+
+class UserError(Exception):
+    pass
