@@ -12,13 +12,16 @@ these names; nothing here imports torch or Ray, so reading results needs neither
         complete.json              written when the last task is done
         checkpoints/, probe_points/, tensorboard/
 
-A job's key is `task-NNNNN` (the task index of its probe point) or `baseline`.
+A job's key is `task-NNNNN` (the task index of its probe point) or `baseline`. The rows' fields
+are the TypedDicts below.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.jsonl"
@@ -28,6 +31,71 @@ PROBE_POINTS_FILE = "probe_points.jsonl"
 COMPLETE_FILE = "complete.json"
 PROBES, DIAGNOSTICS = "probes", "diagnostics"  # the job kinds, and their folders
 BASELINE = "baseline"
+
+
+class MetricRow(TypedDict, total=False):
+    """A line of metrics.jsonl: the steps since the previous row (means over steps and workers).
+    Mitigations add their running counts (e.g. `redo_recycled`)."""
+
+    task: int
+    cycle: int
+    language: str  # "mixture" in stationary mode
+    step: int  # steps done in the task
+    global_step: int  # steps done in the run
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    tokens_seen: int
+    batch_digest: int  # which token rows the steps saw
+    time: float
+    val_loss: float  # with train.eval_every
+
+
+@dataclass(frozen=True)
+class ProbePoint:
+    """A line of probe_points.jsonl: where the model of a probe point is and what it had trained."""
+
+    run_dir: str
+    checkpoint: str  # path of the probe-point checkpoint; released when its jobs are done
+    size: str
+    lr: float
+    seed: int
+    cycle: int
+    task_index: int
+    language: str | None  # the language trained just before (None: stationary mixture)
+    global_step: int
+    tokens_seen: int
+
+
+class JobRow(TypedDict, total=False):
+    """probes/<key>.json and diagnostics/<key>.json: a ProbePoint's fields (the baseline's with no
+    checkpoint, cycle, task_index or language), then the request, the outcome and the result."""
+
+    probe_index: int
+    submitted: float
+    status: str  # "ok", or "failed" in <key>.error.json with `error` and `traceback`
+    started: float
+    finished: float
+    device: str
+    error: str
+    traceback: str
+    # probes: auc (over the evaluations from `auc_from_step`), the curve [{step, val_loss}], steps,
+    # eval_sequences, final_val_loss; diagnostics: one entry per diagnostic (weight_magnitude, ...)
+    auc: float
+    auc_from_step: int
+    curve: list[dict]
+    steps: int
+    eval_sequences: int
+    final_val_loss: float
+
+
+class CompleteRecord(TypedDict):
+    """complete.json."""
+
+    tasks: int
+    time: float
+    replica_digests: list[int]  # every rank's checksum of its final weights: DDP replicas agree
 
 
 def point_key(task_index: int) -> str:
@@ -54,7 +122,7 @@ def read_jsonl(path: Path, key: tuple[str, ...] = ("task", "step")) -> list[dict
     return sorted(rows.values(), key=lambda r: tuple(r.get(k) for k in key))
 
 
-def read_job_rows(run_dir: Path, kind: str) -> list[dict]:
+def read_job_rows(run_dir: Path, kind: str) -> list[JobRow]:
     """Every row of one kind in a run directory (error rows included, marked status=failed)."""
     folder = run_dir / kind
     if not folder.exists():

@@ -30,8 +30,8 @@ from plasticity_ray.probe.service import baseline_request, get_service, point_re
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
 from plasticity_ray.storage import storage_dir, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
-from plasticity_ray.train.hooks import Hooks, ProbePoint, probe_ordinal
-from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, read_jsonl
+from plasticity_ray.train.hooks import Hooks, probe_ordinal
+from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, read_jsonl
 from plasticity_ray.train.loop import Trainer
 from plasticity_ray.train.recipe import model_config
 

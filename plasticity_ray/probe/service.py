@@ -20,10 +20,9 @@ from pathlib import Path
 
 import ray
 
-from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, PROBES, point_key, row_path
+from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, PROBES, JobRow, ProbePoint, point_key, row_path
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import write_json_atomic
-from plasticity_ray.train.hooks import ProbePoint
 
 NAMESPACE = "plasticity-ray"
 IDLE_EXIT_S = 1800.0
@@ -33,7 +32,7 @@ def service_name(spec: ExperimentSpec) -> str:
     return f"probe-service:{spec.name}"
 
 
-def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> dict:
+def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> JobRow:
     """A probe or diagnostics job (runs as a Ray task). Writes its row, or an error row, and returns it."""
     from plasticity_ray.data.prepare import load_prepared
 
@@ -52,11 +51,11 @@ def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> dict:
 
             result = diagnose_checkpoint(spec, prepared, point["checkpoint"], previous)
     except Exception as err:  # a bad checkpoint or data: recorded, named, and the service goes on
-        row = {**point, "status": "failed", "error": f"{type(err).__name__}: {err}", "started": started,
+        row: JobRow = {**point, "status": "failed", "error": f"{type(err).__name__}: {err}", "started": started,
                "finished": time.time(), "traceback": traceback.format_exc()}
         write_json_atomic(row_path(run_dir, kind, f"{key}.error"), row)
         return row
-    row = {**point, **result, "status": "ok", "started": started, "finished": time.time()}
+    row: JobRow = {**point, **result, "status": "ok", "started": started, "finished": time.time()}
     write_json_atomic(row_path(run_dir, kind, key), row)
     _tensorboard(run_dir, kind, row)
     return row

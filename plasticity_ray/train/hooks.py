@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from plasticity_ray.data.schedule import Task, task_info
+from plasticity_ray.rundir import ProbePoint
 from plasticity_ray.spec import ExperimentSpec
 
 
@@ -32,20 +33,6 @@ class TaskEnd:
     model: torch.nn.Module
     task: Task
     global_step: int  # steps done so far in the run
-
-
-@dataclass(frozen=True)
-class ProbePoint:
-    run_dir: str
-    checkpoint: str  # path of the probe-point checkpoint; release it when done
-    size: str
-    lr: float
-    seed: int
-    cycle: int
-    task_index: int
-    language: str | None  # the language trained just before (None: stationary mixture)
-    global_step: int
-    tokens_seen: int
 
 
 @dataclass

@@ -27,9 +27,9 @@ from plasticity_ray.data.schedule import Task, task_info, task_stream, validatio
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import write_json_atomic
 from plasticity_ray.train import checkpoint
-from plasticity_ray.train.hooks import Hooks, ProbePoint, StepEnd, TaskEnd, is_probe_point
+from plasticity_ray.train.hooks import Hooks, StepEnd, TaskEnd, is_probe_point
 from plasticity_ray.train.alarms import AlarmBook, near_zero_fraction
-from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, read_jsonl
+from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, CompleteRecord, MetricRow, ProbePoint, read_jsonl
 from plasticity_ray.train.metrics import RunLog
 from plasticity_ray.train.recipe import build, evaluate, make_optimizer, scheduled_lr, train_step
 
@@ -111,8 +111,8 @@ class Trainer:
             self._end_task(task)
         digests = self._replica_digests()
         if self.rank == 0:
-            write_json_atomic(self.run_dir / COMPLETE_FILE,
-                              {"tasks": spec.tasks, "time": time.time(), "replica_digests": digests})
+            record: CompleteRecord = {"tasks": spec.tasks, "time": time.time(), "replica_digests": digests}
+            write_json_atomic(self.run_dir / COMPLETE_FILE, record)
             self.log.close()
             if self.alarm_book is not None:
                 self.alarm_book.close()
@@ -166,7 +166,7 @@ class Trainer:
                 self._checkpoint(global_step + 1, checkpoint.Position(task.index, done))
 
     def _log_row(self, task: Task, done: int, global_step: int, lr: float, loss_sum: torch.Tensor, n: int,
-                 grad_norm: torch.Tensor, digest: int, started: float) -> dict:
+                 grad_norm: torch.Tensor, digest: int, started: float) -> MetricRow:
         """The metrics of the steps since the last row, averaged over ranks (every rank gets it)."""
         totals = torch.stack([loss_sum.float(), torch.tensor(float(n), device=self.device)])
         digests = torch.tensor([digest], dtype=torch.int64, device=self.device)
@@ -175,7 +175,7 @@ class Trainer:
             dist.all_reduce(digests)
         seconds = time.perf_counter() - started
         tokens = n * self.spec.batch.global_tokens
-        row = {
+        row: MetricRow = {
             "task": task.index, "cycle": task.cycle, "language": task.language or "mixture", "step": done,
             "global_step": global_step + 1, "loss": totals[0].item() / totals[1].item(), "lr": lr,
             "grad_norm": grad_norm.item(), "tokens_per_s": tokens / seconds,
