@@ -27,13 +27,14 @@ from ray.train.torch import TorchTrainer
 from plasticity_ray.data.prepare import prepare
 from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
+from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, read_jsonl
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
 from plasticity_ray.storage import storage_dir, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
 from plasticity_ray.train.hooks import Hooks, probe_ordinal
-from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, read_jsonl
 from plasticity_ray.train.loop import Trainer
 from plasticity_ray.train.recipe import model_config
+
 
 def run_id(spec: ExperimentSpec) -> str:
     """The size, LR and seed, and a hash of everything that changes what is trained (`run_identity`):
