@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from plasticity_ray.analysis.onset import percent_change
@@ -67,7 +68,7 @@ class Run:
     def tasks_trained(self, probe: dict) -> int:
         return probe["task_index"] + 1
 
-    @property
+    @cached_property
     def cycle_end_probes(self) -> list[dict]:
         """Figure 2's series: the probes at cycle ends (stationary runs: every probe, Figure 4's),
         without the extended probes after chosen languages mid-cycle (Appendix B)."""
@@ -79,7 +80,7 @@ class Run:
     def auc_reference(self) -> dict | None:
         """Eq. (1)'s AUC₁: the probe at the end of the first cycle (stationary: the first probe), or
         the earliest cycle-end probe there is when that one is missing."""
-        return self.cycle_end_probes[0] if self.cycle_end_probes else None
+        return next(iter(self.cycle_end_probes), None)
 
     def auc_change(self, probes: list[dict]) -> list[float | None]:
         """Eq. (1)'s % change of each probe's AUC against `auc_reference` (None without one)."""

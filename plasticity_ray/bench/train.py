@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.train.recipe import build, make_optimizer, model_config, train_step
+from plasticity_ray.train.recipe import build, default_device, make_optimizer, model_config, train_step
 
 H100_BF16_DENSE_FLOPS = 989e12
 
@@ -41,7 +41,7 @@ def measure(spec_json: dict, steps: int, warmup: int, threads: int) -> dict:
     with `threads` CPU threads (Ray gives a worker as many as it has CPUs: compare like with like)."""
     torch.set_num_threads(threads)
     spec = ExperimentSpec.model_validate(spec_json)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     rows = spec.global_sequences
     engine = build(spec, device, rows=rows)
     model, cfg, precision, micro = engine.model, engine.cfg, engine.precision, engine.micro_batch

@@ -14,7 +14,7 @@ from plasticity_ray.diagnostics.dormant import activation_dormancy, gradient_dor
 from plasticity_ray.diagnostics.weights import average_magnitude, model_ranks, relative_distance
 from plasticity_ray.model.gpt import GPT
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.train.recipe import autocast, build
+from plasticity_ray.train.recipe import autocast, build, default_device
 
 
 def _validation(spec: ExperimentSpec, prepared: Prepared, language: str, count: int, device: torch.device) -> torch.Tensor:
@@ -56,7 +56,7 @@ def diagnose_checkpoint(spec: ExperimentSpec, prepared: Prepared, path: Path, pr
                         device: torch.device | None = None) -> dict:
     """`diagnose` on a checkpoint (and the previous probe point's, for weight_distance), on `device`
     (default: the GPU when there is one). Eager modules: the diagnostics hook into them."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model = build(spec, device, path, compile=False).model
     before = build(spec, device, previous, compile=False).model.state_dict() if previous is not None else None
     return {**diagnose(spec, prepared, model, before), "device": str(device)}

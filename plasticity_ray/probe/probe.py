@@ -22,7 +22,7 @@ from plasticity_ray.data.prepare import Prepared
 from plasticity_ray.data.schedule import probe_draw, validation_sample
 from plasticity_ray.data.shards import Unit
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.train.recipe import build, evaluate, lr_at, make_optimizer, train_step
+from plasticity_ray.train.recipe import build, default_device, evaluate, lr_at, make_optimizer, train_step
 
 READ_BLOCK_ROWS = 4096  # probe rows read at a time (a few shuffle windows)
 
@@ -49,10 +49,6 @@ def _batches(unit: Unit, rows: np.ndarray, batch: int):
     for start in range(0, len(rows), block):
         ids = unit.take(rows[start : start + block])
         yield from (ids[i : i + batch] for i in range(0, len(ids), batch))
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | None, probe_index: int = 0,

@@ -163,7 +163,7 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
         tuners = [_tuner(spec, TUNE_DIR, resume, say, search_space(spec), tune.TuneConfig(max_concurrent_trials=concurrent))]
         per_tuner = len(points)  # one tuner for the whole grid
     else:  # OptunaSearch cannot mix with grid_search: one search per grid point
-        tuners = (_optuna_tuner(spec, label, concurrent, resume, say) for label in points)
+        tuners = (_optuna_tuner(spec, label, point, concurrent, resume, say) for label, point in points.items())
         per_tuner = spec.sweep.search.samples
     trials = per_tuner * (len(points) if spec.sweep.search else 1)
     for tuner in tuners:
@@ -177,17 +177,17 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
     return SweepSummary(experiment_dir(spec), trials, errors, unfinished)
 
 
-def _optuna_tuner(spec: ExperimentSpec, point: str, concurrent: int, resume: bool,
+def _optuna_tuner(spec: ExperimentSpec, label: str, point: dict, concurrent: int, resume: bool,
                   say: Callable[[str], None]) -> tune.Tuner:
     from ray.tune.search.optuna import OptunaSearch
 
     search = spec.sweep.search
     sample = tune.loguniform if search.log else tune.uniform
     say(f"sweep {spec.name}: Optuna over {search.parameter} in [{search.low:g}, {search.high:g}] at "
-        f"{point}: {search.samples} trial(s), up to {concurrent} at once")
+        f"{label}: {search.samples} trial(s), up to {concurrent} at once")
     return _tuner(
-        spec, f"{TUNE_DIR}-{point_label(sweep_points(spec)[point])}", resume, say,
-        {POINT: point, search.parameter: sample(search.low, search.high)},
+        spec, f"{TUNE_DIR}-{point_label(point)}", resume, say,
+        {POINT: label, search.parameter: sample(search.low, search.high)},
         tune.TuneConfig(search_alg=OptunaSearch(metric=search.metric, mode="min", seed=spec.seed),
                         num_samples=search.samples, max_concurrent_trials=concurrent),
     )

@@ -2,8 +2,9 @@
 
 Ray appears only at the edges: the worker's rank and device come from the trial's Ray Train entry
 point (`plasticity_ray.trial.train_worker`), the data from the per-task Ray Data stream, and
-`ray.train.report` passes metrics up at a steady cadence on every rank. Checkpoints are written by rank 0 into the run directory; a restarted worker group (or a
-re-run of the same command) resumes from the newest one at the exact (task, step).
+`ray.train.report` passes metrics up at a steady cadence on every rank. Checkpoints are written by
+rank 0 into the run directory; a restarted worker group (or a re-run of the same command) resumes
+from the newest one at the exact (task, step).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import torch.distributed as dist
 
 from plasticity_ray.data.prepare import load_prepared
 from plasticity_ray.data.schedule import Task, task_info, task_stream, validation_sample
+from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, CompleteRecord, MetricRow, ProbePoint, read_jsonl
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import write_json_atomic
 from plasticity_ray.train import checkpoint
-from plasticity_ray.train.hooks import Hooks, StepEnd, TaskEnd, is_probe_point
 from plasticity_ray.train.alarms import AlarmBook, near_zero_fraction
-from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, CompleteRecord, MetricRow, ProbePoint, read_jsonl
+from plasticity_ray.train.hooks import Hooks, StepEnd, TaskEnd, is_probe_point
 from plasticity_ray.train.metrics import RunLog
 from plasticity_ray.train.recipe import build, evaluate, make_optimizer, scheduled_lr, train_step
 

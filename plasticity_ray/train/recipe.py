@@ -62,6 +62,11 @@ def auto_micro_batch(model: GPT, rows: int, seq_len: int, device: torch.device, 
     raise RuntimeError(f"not even one sequence of {seq_len} tokens fits on {device}")
 
 
+def default_device() -> torch.device:
+    """The GPU when this process has one (Ray sets which for a task or worker), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @dataclass
 class Engine:
     """A built model and how to run it."""
