@@ -114,8 +114,8 @@ def cmd_sweep(args) -> int:
         check_resources(with_overrides(spec, point))
     summary = run_sweep(spec, resume=args.resume)
     print()
-    _print_results(summary.experiment_dir, probes=False)
-    if not summary.unfinished:
+    _print_results(summary.experiment_dir, probes=False, groups=bool(summary.unfinished))
+    if not summary.unfinished:  # the analysis ends with each group's conclusions
         print()
         _print_analysis([summary.experiment_dir])
     for line in summary.errors:
@@ -175,7 +175,7 @@ def cmd_results(args) -> int:
     return _print_results(experiment_dir, args.probes, "json" if args.json else "csv" if args.csv else "table")
 
 
-def _print_results(experiment_dir: Path, probes: bool, output: str = "table") -> int:
+def _print_results(experiment_dir: Path, probes: bool, output: str = "table", groups: bool = True) -> int:
     from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, experiment_tables, format_table, to_csv
 
     result, written = experiment_tables(experiment_dir)
@@ -188,27 +188,42 @@ def _print_results(experiment_dir: Path, probes: bool, output: str = "table") ->
         if probes:
             print()
             print(format_table(result["probes"], PROBE_COLUMNS))
+        if groups:
+            print("\nper run group (runs that differ only in their seed):")
+            for group in result["groups"]:
+                print(f"  {group['message']}")
         print(f"\ntables: {', '.join(map(str, written))}")
         print(f"TensorBoard: tensorboard --logdir {experiment_dir}")
     return 0
 
 
 def cmd_analyze(args) -> int:
-    return _print_analysis([Path(d) for d in args.experiment_dirs], Path(args.out) if args.out else None)
+    return _print_analysis([Path(d) for d in args.experiment_dirs], Path(args.out) if args.out else None, args.level)
 
 
-def _print_analysis(dirs: list[Path], out: Path | None = None) -> int:
+def _print_analysis(dirs: list[Path], out: Path | None = None, level: float | None = None) -> int:
+    from plasticity_ray.analysis.onset import LEVEL
     from plasticity_ray.analysis.report import analyze, format_analysis
 
-    print(format_analysis(analyze(dirs, out)))
+    print(format_analysis(analyze(dirs, out, level or LEVEL)))
     return 0
+
+
+def _level(text: str) -> float:
+    try:
+        level = float(text)
+    except ValueError:
+        level = -1.0
+    if not 0.5 <= level < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a confidence level between 0.5 and 1, e.g. 0.9")
+    return level
 
 
 def cmd_fit_onset(args) -> int:
     from plasticity_ray.analysis.fits import fit_onsets, format_fits, read_onset_table
 
     params, onsets = read_onset_table(Path(args.table))
-    result = fit_onsets(params, onsets, args.predict or [], args.tokens_per_task)
+    result = fit_onsets(params, onsets, args.predict or [], args.tokens_per_task, level=args.level)
     print(json.dumps(result, indent=2) if args.json else format_fits(result))
     return 0
 
@@ -220,6 +235,10 @@ def cmd_bench(args) -> int:
         from plasticity_ray.bench.data import bench_data
 
         record = bench_data(args.argv, steps=args.steps, pool_rows=args.pool_rows)
+    elif args.bench_command == "main-command":
+        from plasticity_ray.bench.command import bench_main_command
+
+        record = bench_main_command(args.argv, args.runs, Path(__file__).resolve().parents[1])
     else:
         from plasticity_ray.bench.train import bench_train
 
@@ -297,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     results = commands.add_parser("results", help="trial and probe tables of an experiment directory (no Ray needed)")
     results.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<experiment name>")
     output = results.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help='print {"trials": [...], "probes": [...]}')
+    output.add_argument("--json", action="store_true", help='print {"trials": [...], "probes": [...], "groups": [...]}')
     output.add_argument("--csv", action="store_true", help="print CSV (the trial table, or with --probes the probe table)")
     results.add_argument("--probes", action="store_true", help="also show the per-probe table")
     results.add_argument("--lr-grid", action="store_true",
@@ -308,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("experiment_dirs", nargs="+", metavar="EXPERIMENT_DIR",
                          help="one or more <storage>/<experiment> directories (several are combined)")
     analyze.add_argument("--out", help="where to write (default: EXPERIMENT_DIR/analysis of the first)")
+    analyze.add_argument("--level", type=_level, help="confidence level of intervals and verdicts (default 0.9)")
     analyze.set_defaults(func=cmd_analyze)
 
     fit = commands.add_parser("fit-onset", help="Appendix B's four scaling fits of onset vs parameters (Table V)")
@@ -315,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--json", action="store_true", help='print {"models": {...}, "best": ..., "predictions": [...]}')
     fit.add_argument("--predict", type=float, nargs="+", metavar="PARAMS", help="sizes to predict the onset of")
     fit.add_argument("--tokens-per-task", type=float, help="also give predictions in tokens (the paper: 5e9)")
+    fit.add_argument("--level", type=_level, default=0.9, help="confidence level of the intervals (default 0.9)")
     fit.set_defaults(func=cmd_fit_onset)
 
     bench = commands.add_parser("bench", help="benchmarks; results are JSON records with device, date and command")
@@ -331,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--steps", type=int, default=20, help="timed steps")
     bench_train.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
     bench_train.add_argument("--out", help="also write the record to this JSON file")
+    bench_main = bench_commands.add_parser(
+        "main-command", help="the README's main command, set-up included, timed on fresh clones of the last commit")
+    bench_main.add_argument("--runs", type=int, default=3, help="runs (each in a fresh clone)")
+    bench_main.add_argument("--out", help="also write the record to this JSON file")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -32,6 +32,8 @@ def _probe_line(spec: ExperimentSpec) -> str:
             cycles = f" in cycles {p.extended.cycles[0]}-{p.extended.cycles[1]}" if p.extended.cycles else ""
             where += f" and after {', '.join(p.extended.languages)}{cycles}"
     data = "the same rows at every probe" if p.same_data_order else "a fresh random subsample for each probe"
+    if p.replicates > 1:
+        data += f", {p.replicates} replicates of each from the same weights"
     auc = "from step 0" if p.auc_includes_step0 else f"over the evaluations during training (from step {p.eval_every})"
     return (f"  {where}; {spec.probe_steps:,} steps on {spec.data.probe_language} ({data}), validation every "
             f"{p.eval_every} steps on {p.eval_sequences:,} random sequences, AUC {auc}")

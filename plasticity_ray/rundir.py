@@ -80,11 +80,15 @@ class JobRow(TypedDict, total=False):
     device: str
     error: str
     traceback: str
-    # probes: auc (over the evaluations from `auc_from_step`), the curve [{step, val_loss}], steps,
-    # eval_sequences, final_val_loss; diagnostics: one entry per diagnostic (weight_magnitude, ...)
+    # probes: auc (over the evaluations from `auc_from_step`; the mean of `probe.replicates`
+    # replicates, each in replicate_aucs), the mean curve [{step, val_loss}] and each replicate's
+    # losses at those steps, steps, eval_sequences, final_val_loss; diagnostics: one entry per
+    # diagnostic (weight_magnitude, ...)
     auc: float
+    replicate_aucs: list[float]
     auc_from_step: int
     curve: list[dict]
+    replicate_curves: list[list[float]]
     steps: int
     eval_sequences: int
     final_val_loss: float

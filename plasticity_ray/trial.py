@@ -84,6 +84,7 @@ class _ProgressTail(threading.Thread):
         self.stop = threading.Event()
         self.offset = path.stat().st_size if path.exists() else 0
         self.started, self.first_tokens = time.time(), None
+        self.last_step = -1
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
@@ -93,13 +94,21 @@ class _ProgressTail(threading.Thread):
     def poll(self) -> None:
         if not self.path.exists():
             return
+        if self.path.stat().st_size < self.offset:
+            self.offset = 0  # rewritten: a resumed run drops the rows logged after its checkpoint
         with open(self.path, encoding="utf-8") as f:
             f.seek(self.offset)
             for line in f:
                 if not line.endswith("\n"):
                     break
                 self.offset += len(line.encode())
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the rest of a line cut by a rewrite under our offset
+                if row.get("global_step", 0) <= self.last_step:
+                    continue  # printed before the rewrite
+                self.last_step = row.get("global_step", self.last_step)
                 if self.first_tokens is None:
                     self.first_tokens, self.started = row["tokens_seen"], row["time"]
                     continue

@@ -24,12 +24,21 @@ def ray_session():
     ray.shutdown()
 
 
+# The tests' base spec: the demo's recipe on all eight training languages (so the prepared data
+# serves every test), with the demo's earlier probe schedule that the tests' expectations count on.
+TEST_OVERRIDES = {
+    "data.languages": ["en", "zh", "fr", "ja", "es", "de", "pt", "ru"], "schedule.tokens_per_task": "128K",
+    "probe.extended": {"languages": ["es"]}, "probe.tokens": "64K", "probe.eval_every": 2,
+    "train.report_every": 64, "train.checkpoint_every": 64, "sweep.grid": {"model.size": ["L1-d64", "L2-d128"]},
+}
+
+
 @pytest.fixture(scope="session")
 def demo_spec(tmp_path_factory):
     from plasticity_ray.spec import load_spec, with_overrides
 
     storage = tmp_path_factory.mktemp("storage")
-    return with_overrides(load_spec(REPO / "experiments" / "demo.yaml"), {"storage_path": str(storage)})
+    return with_overrides(load_spec(REPO / "experiments" / "demo.yaml"), {**TEST_OVERRIDES, "storage_path": str(storage)})
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +49,15 @@ def demo_prepared(ray_session, demo_spec):
 
 
 def _write_run(experiment, run_id, size, lr, aucs, baseline, complete=True, failed_task=None, languages=8,
-               label=None, loss_offset=0.0):
+               label=None, loss_offset=0.0, seed=0, replicates=None):
     """A run directory as a run writes it: spec, metrics (with a torn last line), probe and
-    diagnostics rows after every `languages`-th task."""
+    diagnostics rows after every `languages`-th task; `replicates[i]`: probe i's replicate AUCs
+    (their mean is its AUC)."""
     run = experiment / run_id
     run.mkdir(parents=True)
     from plasticity_ray.spec import ExperimentSpec
 
-    spec = ExperimentSpec(name="e", model={"size": size}, optimizer={"lr": lr}, label=label)
+    spec = ExperimentSpec(name="e", model={"size": size}, optimizer={"lr": lr}, label=label, seed=seed)
     (run / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
     rows = [{"task": t, "cycle": t // languages, "step": 16, "loss": 5.0 - t / 10 + loss_offset, "tokens_seen": (t + 1) * 1000, "time": t}
             for t in range(8)]
@@ -58,9 +68,11 @@ def _write_run(experiment, run_id, size, lr, aucs, baseline, complete=True, fail
     (run / "diagnostics").mkdir()
     (run / "probes" / "baseline.json").write_text(json.dumps({"status": "ok", "auc": baseline, "checkpoint": None,
                                                              "task_index": None}))
-    for i, auc in enumerate(aucs):
+    for i, auc in enumerate(aucs if aucs is not None else [None] * len(replicates)):
         task = languages * i + languages - 1
         point = {"status": "ok", "auc": auc, "checkpoint": f"x/{task}", "task_index": task, "cycle": i, "language": "ru"}
+        if replicates is not None:
+            point.update(replicate_aucs=replicates[i], auc=sum(replicates[i]) / len(replicates[i]))
         (run / "probes" / f"task-{task:05d}.json").write_text(json.dumps(point))
         diag = {**point, "weight_magnitude": 0.1 * (i + 1), "dormant_units": {"percent": 2.0, "per_layer_percent": [1.0, 3.0]},
                 "attention_entropy": {"lazy_percent": 10.0, "collapsed_percent": 5.0, "h_max": 4.0,

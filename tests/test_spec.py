@@ -29,6 +29,7 @@ def test_defaults_are_the_papers_recipe():
     assert (spec.probe.eval_every, spec.probe.eval_sequences) == (95, 1280)
     assert not spec.probe.same_data_order  # §IV-A: each probe "randomly subsampled" from the pool
     assert not spec.probe.auc_includes_step0  # the AUC measures learning during probing
+    assert spec.probe.replicates == 1  # the paper probes each checkpoint once
     assert spec.probe.extended is None and spec.probe.every_cycles == 1  # §V-A: a probe at every cycle end
     assert spec.diagnostics.dormant_threshold == 0.01
     assert spec.lr == pytest.approx(3e-3)  # 5M at Appendix A's rule
@@ -154,6 +155,8 @@ BAD_SPECS = {
     "grid and variant clash": ("sweep: {grid: {data.seq_len: [2048, 4096]}, variants: {big: {batch.global_tokens: 6144}}}",
                                "sweep point (data.seq_len=4096, variant big): batch.global_tokens: 6144 is not a multiple "
                                "of data.seq_len 4096"),
+    "replicates of one draw": ("probe: {replicates: 2, same_data_order: true}",
+                               "probe.replicates: 2 replicates with probe.same_data_order would all train on the same rows"),
     "explicit point path": ("sweep: {points: [{optimizer.lrr: 1}]}", "sweep.points[0].optimizer.lrr: not a field"),
 }
 

@@ -14,8 +14,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plasticity_ray.analysis.fits import FORMULAS, MODELS, predictor  # noqa: E402
-from plasticity_ray.analysis.onset import Onset  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from plasticity_ray.analysis.fits import FORMULAS, MODELS, band, predictor  # noqa: E402
+from plasticity_ray.analysis.groups import RunGroup, group_runs  # noqa: E402
+from plasticity_ray.analysis.onset import Onset, mean_interval  # noqa: E402
 from plasticity_ray.analysis.runs import Run  # noqa: E402
 
 MAX_PANELS = 8
@@ -61,11 +64,27 @@ def _by_size(runs: list[Run]) -> list[Run]:
 
 
 def _change_plot(chosen: list[Run], x, xlabel: str, ylabel: str, title: str) -> plt.Figure:
-    """Eq. (1)'s % change of probe AUC at the cycle-end probes against `x(run, probe)`, one line per run."""
+    """Eq. (1)'s % change of probe AUC at the cycle-end probes against `x(run, probe)`: per group of
+    runs that differ only in their seed, the mean over seeds with its t-interval band (each seed a
+    thin line), or the single run's line."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in _by_size(chosen):
-        probes = run.cycle_end_probes
-        ax.plot([x(run, p) for p in probes], run.auc_change(probes), marker="o", ms=3, label=run.label)
+    for group in sorted(group_runs(chosen), key=lambda g: (g.first.params, g.name)):
+        if len(group.runs) == 1:
+            run = group.first
+            probes = run.cycle_end_probes
+            ax.plot([x(run, p) for p in probes], run.auc_change(probes), marker="o", ms=3, label=run.label)
+            continue
+        points = min(len(r.cycle_end_probes) for r in group.runs)
+        changes = np.array([r.auc_change(r.cycle_end_probes[:points]) for r in group.runs], float)
+        xs = [x(group.first, p) for p in group.first.cycle_end_probes[:points]]
+        spread = [mean_interval(list(column), group.level) for column in changes.T]
+        mean = np.array([m for m, _ in spread])
+        half = np.array([h for _, h in spread])
+        line, = ax.plot(xs, mean, marker="o", ms=3, label=f"{group.name}, mean of {len(group.runs)} seeds")
+        ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0,
+                        label=f"{group.level:.0%} interval of the mean")
+        for row in changes:
+            ax.plot(xs, row, color=line.get_color(), lw=0.6, alpha=0.4)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
@@ -88,22 +107,32 @@ def fig_stationary(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
                         "Plasticity under a stationary mixture of languages")
 
 
-def fig_onset_curves(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
-    """Fig. 9: normalised AUC per probe, its moving average, and the onset point, one panel per run."""
-    chosen = [r for r in _continual(runs) if len(onsets[r.trial_id].values) >= 3]
+def fig_onset_curves(groups: list[RunGroup]) -> plt.Figure:
+    """Fig. 9: normalised AUC per probe (the mean over a group's seeds and probe replicates), its
+    moving average, the onset and its interval, one panel per group of runs that differ only in seed."""
+    chosen = [g for g in groups if g.first.mode == "continual" and len(g.onset.onset.values) >= 3]
     if not chosen:
         raise Skip("no continual run with at least 3 probes")
     fig, axes = _panels(len(chosen))
-    for ax, run in zip(axes, _by_size(chosen)):
-        o = onsets[run.trial_id]
+    for ax, group in zip(axes, sorted(chosen, key=lambda g: (g.first.params, g.name))):
+        evidence, o = group.onset, group.onset.onset
+        normalised = all(r.baseline for r in group.runs)
         ax.plot(o.tasks, o.values, "o-", color="tab:blue", ms=3, label="AUC / probe-language-alone AUC"
-                if run.baseline else "AUC (no baseline probe)")
+                if normalised else "AUC (no baseline probe)")
+        if evidence.noise_sd is not None:
+            half = stats.norm.ppf((1 + evidence.level) / 2) * evidence.noise_sd
+            ax.fill_between(o.tasks, np.array(o.values) - half, np.array(o.values) + half, color="tab:blue", alpha=0.15,
+                            lw=0, label=f"{evidence.level:.0%} band of a point (from {evidence.noise})")
         inner = [(t, v) for t, v in zip(o.tasks, o.smoothed) if v is not None]
         ax.plot(*zip(*inner), color="gold", lw=2, label="moving average (3)")
         if o.task_instance is not None:
-            ax.plot([o.task_instance], [o.smoothed[o.tasks.index(o.task_instance)]], "o", color="red", ms=7,
-                    label=f"onset: {o.task_instance} tasks")
-        ax.set(title=run.label, xlabel="tasks trained", ylabel="normalised AUC" if run.baseline else "AUC")
+            lo, hi = evidence.interval or (o.task_instance, o.task_instance)
+            interval = f" [{lo}, {hi}] ({evidence.level:.0%})" if evidence.interval else " (no interval)"
+            ax.errorbar([o.task_instance], [o.smoothed[o.tasks.index(o.task_instance)]], fmt="o", color="red", ms=7,
+                        xerr=[[o.task_instance - lo], [hi - o.task_instance]], capsize=4,
+                        label=f"onset: {o.task_instance} tasks{interval}")
+        ax.set(title=f"{group.name}, {len(group.runs)} seed(s)", xlabel="tasks trained",
+               ylabel="normalised AUC" if normalised else "AUC")
         ax.legend(fontsize=7)
     fig.suptitle("Onset of plasticity loss: minimum of the smoothed probe AUC (Appendix B)")
     fig.tight_layout()
@@ -187,22 +216,32 @@ def fig_attention(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     return fig
 
 
-def _fit_points(onset_rows: list[dict], fits: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def _fit_points(onset_rows: list[dict], fits: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sizes, onsets, and the onsets' interval half-widths below and above (0 without one)."""
     if fits is None:
         raise Skip("needs onsets of at least 3 runs to fit")
     found = [r for r in onset_rows if r["onset_tasks"] is not None]
-    return np.array([r["params"] for r in found], float), np.array([r["onset_tasks"] for r in found], float)
+    onsets = np.array([r["onset_tasks"] for r in found], float)
+    low = np.array([r.get("onset_lo") if r.get("onset_lo") is not None else t for r, t in zip(found, onsets)], float)
+    high = np.array([r.get("onset_hi") if r.get("onset_hi") is not None else t for r, t in zip(found, onsets)], float)
+    return np.array([r["params"] for r in found], float), onsets, np.vstack([onsets - low, high - onsets])
 
 
 def fig_onset_scaling(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
-    """Fig. 3: onset vs non-embedding parameters on log-log axes, with the log-log fit."""
-    params, onsets = _fit_points(onset_rows, fits)
+    """Fig. 3: onset vs non-embedding parameters on log-log axes, with the log-log fit, its
+    confidence band and each onset's interval."""
+    params, onsets, errors = _fit_points(onset_rows, fits)
+    level = fits["level"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.loglog(params, onsets, "o", label="onset per run")
+    ax.errorbar(params, onsets, yerr=errors, fmt="o", capsize=3, label=f"onset per group ({level:.0%} interval)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     m = fits["models"]["log_log"]
     grid = np.geomspace(params.min() / 1.5, params.max() * 1.5, 100)
-    ax.loglog(grid, predictor("log_log", m["a"], m["b"])(grid), label=f"ln T = {m['a']:.2f} + {m['b']:.3f}·ln P "
-              f"(R² {m['r2']:.3f})")
+    ax.plot(grid, predictor("log_log", m["a"], m["b"])(grid), label=f"ln T = {m['a']:.2f} + {m['b']:.3f}·ln P "
+            f"(R² {m['r2']:.3f})")
+    ax.fill_between(grid, *band("log_log", params, onsets, grid, level), alpha=0.2, lw=0,
+                    label=f"{level:.0%} confidence band of the fit")
     ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
            title="Onset of plasticity loss vs model size")
     ax.legend(fontsize=8)
@@ -210,17 +249,19 @@ def fig_onset_scaling(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
 
 
 def fig_fits(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
-    """Fig. 10: the four fitted models over the data."""
-    params, onsets = _fit_points(onset_rows, fits)
+    """Fig. 10: the four fitted models over the data, each with its confidence band."""
+    params, onsets, errors = _fit_points(onset_rows, fits)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(params, onsets, "ko", label="onsets")
+    ax.errorbar(params, onsets, yerr=errors, fmt="ko", capsize=3, label="onsets")
     grid = np.linspace(params.min(), params.max(), 200)
     for name in MODELS:
         m = fits["models"][name]
-        ax.plot(grid, predictor(name, m["a"], m["b"])(grid),
-                label=f"{name}: {FORMULAS[name]} (LOO RMSE {m['loo_rmse']:.3g})")
+        line, = ax.plot(grid, predictor(name, m["a"], m["b"])(grid),
+                        label=f"{name}: {FORMULAS[name]} (LOO RMSE {m['loo_rmse']:.3g})")
+        ax.fill_between(grid, *band(name, params, onsets, grid, fits["level"]), color=line.get_color(), alpha=0.1, lw=0)
     ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
-           title=f"Four models of the onset (best by leave-one-out RMSE: {fits['best']})")
+           title=f"Four models of the onset with {fits['level']:.0%} confidence bands "
+                 f"(best by leave-one-out RMSE: {fits['best']})")
     ax.legend(fontsize=8)
     return fig
 

@@ -6,23 +6,24 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from plasticity_ray.analysis import figures
 from plasticity_ray.analysis.fits import fit_onsets
-from plasticity_ray.analysis.onset import Onset, find_onset
+from plasticity_ray.analysis.groups import GROUP_COLUMNS, group_row, group_runs
+from plasticity_ray.analysis.onset import LEVEL, Onset, find_onset
 from plasticity_ray.analysis.runs import Run, load_runs
 from plasticity_ray.errors import UserError
 from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
 from plasticity_ray.sweep.results import format_table, to_csv
 
-ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
+RUN_ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
                  "first_alarm_tasks", "alarm_lead_tasks", "message"]
 
 # (file stem, caption, drawing function)
 RUN_FIGURES = [
     ("fig2_auc_change", "% change of the probe AUC at each cycle end relative to the end of cycle 1 (Eq. 1) against "
-     "cycles trained, one line per run: a rising line is plasticity being lost.", figures.fig_auc_change),
+     "cycles trained: one line per run, or per group of seeds their mean with its interval (thin lines: each "
+     "seed); a rising line is plasticity being lost.", figures.fig_auc_change),
     ("fig4_stationary", "The same for runs on a stationary mixture of languages, relative to the first probe, against "
      "tokens.", figures.fig_stationary),
     ("fig5_correlates", "Average weight magnitude and % dormant MLP units at each probe point; dotted lines mark "
@@ -30,26 +31,32 @@ RUN_FIGURES = [
     ("fig6_dormant_layers", "% dormant MLP units per layer at each probe point.", figures.fig_dormant_layers),
     ("fig7_attention", "% lazy and % collapsed attention heads, and every head's mean attention entropy at the "
      "last probe point.", figures.fig_attention),
-    ("fig9_onset", "Probe AUC divided by the probe-language-alone AUC, its centred moving average (window 3) and "
-     "the onset: the minimum of the smoothed curve (Appendix B).", figures.fig_onset_curves),
     ("fig_mitigations", "% change of the cycle-end probes' AUC (Eq. 1) against cycles for each variant (mitigation), mean over "
      "seeds, one panel per size: a flatter line keeps more plasticity.", figures.fig_mitigations),
 ]
+GROUP_FIGURES = [
+    ("fig9_onset", "Probe AUC divided by the probe-language-alone AUC (mean over a group's seeds and probe replicates), "
+     "its centred moving average (window 3), the onset (the minimum of the smoothed curve, Appendix B) and its "
+     "interval.", figures.fig_onset_curves),
+]
 FIT_FIGURES = [
-    ("fig3_onset_scaling", "Onset against non-embedding parameters on log-log axes with the log-log fit.",
+    ("fig3_onset_scaling", "Onset against non-embedding parameters on log-log axes with the log-log fit, its "
+     "confidence band and each onset's interval.",
      figures.fig_onset_scaling),
-    ("fig10_fits", "The four models of Appendix B fitted to the onsets.", figures.fig_fits),
+    ("fig10_fits", "The four models of Appendix B fitted to the onsets, each with its confidence band.", figures.fig_fits),
 ]
 
 
 @dataclass
 class Analysis:
     out_dir: Path
-    onsets: list[dict]
+    onsets: list[dict]  # one row per run group (runs that differ only in their seed)
+    run_onsets: list[dict]  # one row per run
     fits: dict | None
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (figure or table, why)
     mitigations: list[dict] = field(default_factory=list)
+    level: float = LEVEL
 
 
 def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
@@ -134,9 +141,9 @@ def _save(fig, stem: Path) -> list[Path]:
     return paths
 
 
-def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Callable[[str], None] = print) -> Analysis:
+def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, level: float = LEVEL) -> Analysis:
     """Everything above for the runs of `experiment_dirs`, written to `out_dir` (default: the first
-    experiment's `analysis/`)."""
+    experiment's `analysis/`), with intervals at `level`."""
     missing = [d for d in experiment_dirs if not d.is_dir()]
     if missing:
         raise UserError(f"{', '.join(map(str, missing))}: not a directory")
@@ -146,10 +153,13 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Calla
     out_dir = out_dir or experiment_dirs[0] / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, onsets = onset_rows(runs)
-    result = Analysis(out_dir, rows, None)
+    run_groups = group_runs(runs, level)
+    groups = [group_row(g) for g in run_groups]
+    result = Analysis(out_dir, groups, rows, None, level=level)
 
-    write_bytes_atomic(out_dir / "onsets.csv", to_csv(rows, ONSET_COLUMNS).encode())
-    result.written.append(out_dir / "onsets.csv")
+    write_bytes_atomic(out_dir / "onsets.csv", to_csv(groups, GROUP_COLUMNS).encode())
+    write_bytes_atomic(out_dir / "run_onsets.csv", to_csv(rows, RUN_ONSET_COLUMNS).encode())
+    result.written += [out_dir / "onsets.csv", out_dir / "run_onsets.csv"]
     by_language = language_table(runs)
     if len({r["preceding_language"] for r in by_language}) > 1:
         write_bytes_atomic(out_dir / "auc_by_language.csv",
@@ -165,9 +175,9 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Calla
     else:
         result.skipped.append(("mitigations.csv", "every run has the same variant: nothing to compare"))
 
-    found = [r for r in rows if r["onset_tasks"] is not None and r["mode"] == "continual"]
+    found = [r for r in groups if r["onset_tasks"] is not None and r["mode"] == "continual"]
     if len({r["params"] for r in found}) >= 3:
-        result.fits = fit_onsets([r["params"] for r in found], [r["onset_tasks"] for r in found])
+        result.fits = fit_onsets([r["params"] for r in found], [r["onset_tasks"] for r in found], level=level)
         write_json_atomic(out_dir / "onset_fits.json", result.fits)
         result.written.append(out_dir / "onset_fits.json")
     else:
@@ -176,7 +186,8 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Calla
 
     captions = []
     jobs = [(stem, caption, lambda f=fn: f(runs, onsets)) for stem, caption, fn in RUN_FIGURES]
-    jobs += [(stem, caption, lambda f=fn: f(rows, result.fits)) for stem, caption, fn in FIT_FIGURES]
+    jobs += [(stem, caption, lambda f=fn: f(run_groups)) for stem, caption, fn in GROUP_FIGURES]
+    jobs += [(stem, caption, lambda f=fn: f(groups, result.fits)) for stem, caption, fn in FIT_FIGURES]
     for stem, caption, draw in jobs:
         try:
             fig = draw()
@@ -191,18 +202,27 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, say: Calla
 
 
 def format_analysis(result: Analysis) -> str:
-    """What `analyze` (and the end of `sweep`) prints: the onset table, each run's onset in words,
-    the variants side by side, the best fit, what was skipped and where the report is."""
-    lines = [format_table(result.onsets, [c for c in ONSET_COLUMNS if c != "message"])]
-    lines += [f"  {row['trial_id']}: {row['message']}" for row in result.onsets]
+    """What `analyze` (and the end of `sweep`) prints: each run's onset, each group's conclusion in
+    words, the variants side by side, the best fit, what was skipped and where the report is."""
+    lines = [format_table(result.run_onsets, [c for c in RUN_ONSET_COLUMNS if c != "message"])]
+    lines += [f"  {row['trial_id']}: {row['message']}" for row in result.run_onsets]
+    lines += ["\nconclusions per run group (runs that differ only in their seed):"]
+    lines += [f"  {row['message']}" for row in result.onsets]
     if len({r["variant"] for r in result.mitigations}) > 1:
         lines += ["\nvariants side by side (mean over seeds; cost = last-cycle train loss vs 'none'):",
                   format_table(result.mitigations, MITIGATION_COLUMNS)]
     if result.fits:
-        lines.append(f"best scaling fit (leave-one-out RMSE): {result.fits['best']}")
+        best = result.fits["best"]
+        lines.append(f"best scaling fit (leave-one-out RMSE): {best}, b = {_coefficient(result.fits, best, 'b')}")
     lines += [f"skipped {name}: {why}" for name, why in result.skipped]
     lines.append(f"report, tables and figures: {result.out_dir / 'report.md'} ({len(result.written)} files)")
     return "\n".join(lines)
+
+
+def _coefficient(fits: dict, model: str, name: str) -> str:
+    m = fits["models"][model]
+    interval = m.get(f"ci_{name}")
+    return f"{m[name]:.4g}" + (f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else "")
 
 
 def _fmt(value, spec: str) -> str:
@@ -211,18 +231,21 @@ def _fmt(value, spec: str) -> str:
 
 def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> str:
     lines = [f"# Plasticity analysis of {', '.join(d.name for d in experiment_dirs)}", "",
-             "## Onsets", "", "| run | size | params | probes | onset (tasks) | onset (tokens) | note |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "## Conclusions", "", "Per group of runs that differ only in their seed; intervals at "
+             f"{result.level:.0%} (see the README's Analysis section for how they are made).", ""]
+    lines += [f"- {g['message']}" for g in result.onsets]
+    lines += ["", "## Onsets per run", "", "| run | size | params | probes | onset (tasks) | onset (tokens) | note |",
+              "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         tokens = f"{r['onset_tokens']:.3g}" if r["onset_tokens"] is not None else "-"
         lines.append(f"| {r['trial_id']} | {r['size']} | {r['params']:,} | {r['probes']} | "
                      f"{r['onset_tasks'] if r['onset_tasks'] is not None else '-'} | {tokens} | {r['message']} |")
     if result.fits:
-        lines += ["", "## Scaling fits (Appendix B)", "", "| model | formula | a | se(a) | b | se(b) | R² | RMSE | LOO RMSE |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "## Scaling fits (Appendix B)", "", f"Coefficients with {result.level:.0%} confidence intervals.", "",
+                  "| model | formula | a | b | R² | RMSE | LOO RMSE |", "|---|---|---:|---:|---:|---:|---:|"]
         for name, m in result.fits["models"].items():
-            lines.append(f"| {name} | {m['formula']} | {m['a']:.5g} | {m['se_a']:.4g} | {m['b']:.5g} | {m['se_b']:.4g} "
-                         f"| {m['r2']:.4f} | {m['rmse']:.3f} | {m['loo_rmse']:.3f} |")
+            lines.append(f"| {name} | {m['formula']} | {_coefficient(result.fits, name, 'a')} | "
+                         f"{_coefficient(result.fits, name, 'b')} | {m['r2']:.4f} | {m['rmse']:.3f} | {m['loo_rmse']:.3f} |")
         lines.append(f"\nBest by leave-one-out RMSE: **{result.fits['best']}**.")
     if len({r["variant"] for r in result.mitigations}) > 1:
         lines += ["", "## Mitigations", "", "Mean over seeds; cost = last-cycle train loss relative to `none`.", "",

@@ -167,14 +167,14 @@ def pool_usage(spec: ExperimentSpec, prepared: Prepared) -> dict[str, dict]:
     return usage
 
 
-def probe_draw(spec: ExperimentSpec, prepared: Prepared, probe_index: int) -> np.ndarray:
+def probe_draw(spec: ExperimentSpec, prepared: Prepared, probe_index: int, replicate: int = 0) -> np.ndarray:
     """Rows of the probe pool that probe number `probe_index` trains on, in training order: a
     seeded random subsample (whole row groups, rows shuffled within windows) drawn afresh for every
     probe (§IV-A: 5B tokens "randomly subsampled" from the 20B-token pool), or with
-    `probe.same_data_order` the same rows for every probe. Depends only on (seed, probe_index), so a
-    re-run probe trains on exactly the same rows."""
+    `probe.same_data_order` the same rows for every probe. Depends only on (seed, probe_index,
+    replicate), so a re-run probe trains on exactly the same rows."""
     unit = prepared.unit(spec.data.probe_language, "train")
-    draw = () if spec.probe.same_data_order else (PROBE_DRAW_TAG, probe_index)
+    draw = () if spec.probe.same_data_order else (PROBE_DRAW_TAG, probe_index, replicate)
     stream = LanguageStream(unit.rows, spec.seed, spec.data.probe_language, draw)
     return stream.rows(0, spec.probe_steps * spec.global_sequences)
 

@@ -22,7 +22,7 @@ from plasticity_ray.data.prepare import Prepared
 from plasticity_ray.data.schedule import probe_draw, validation_sample
 from plasticity_ray.data.shards import Unit
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.train.recipe import build, default_device, evaluate, lr_at, make_optimizer, train_step
+from plasticity_ray.train.recipe import Engine, build, default_device, evaluate, lr_at, make_optimizer, train_step
 
 READ_BLOCK_ROWS = 4096  # probe rows read at a time (a few shuffle windows)
 
@@ -51,38 +51,58 @@ def _batches(unit: Unit, rows: np.ndarray, batch: int):
         yield from (ids[i : i + batch] for i in range(0, len(ids), batch))
 
 
-def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | None, probe_index: int = 0,
-              device: torch.device | None = None) -> dict:
-    """Probe the model at `checkpoint_path` (None: a freshly initialised model, the baseline) on
-    `device` (default: the GPU when there is one)."""
-    device = device or default_device()
-    engine = build(spec, device, checkpoint_path, rows=spec.global_sequences)
-    model, micro, precision = engine.model, engine.micro_batch, engine.precision
+def _probe_curve(engine: Engine, spec: ExperimentSpec, prepared: Prepared, validation: torch.Tensor,
+                 probe_index: int, replicate: int) -> list[tuple[int, float]]:
+    """Train `engine.model` (modified in place) on one probe draw; its (step, validation loss) curve."""
+    model, micro, precision, device = engine.model, engine.micro_batch, engine.precision, validation.device
     optimizer = make_optimizer(model, spec, device)
     steps, every = spec.probe_steps, spec.probe.eval_every
-    ids = validation_sample(spec, prepared, spec.data.probe_language, spec.probe.eval_sequences)
-    validation = torch.from_numpy(ids.astype(np.int64)).to(device)
     unit = prepared.unit(spec.data.probe_language, "train")
     curve = [(0, evaluate(model, validation, micro, precision))]
     model.train()
-    batches = _batches(unit, probe_draw(spec, prepared, probe_index), spec.global_sequences)
+    batches = _batches(unit, probe_draw(spec, prepared, probe_index, replicate), spec.global_sequences)
     for step, ids in zip(range(steps), batches):
         rows = torch.from_numpy(ids.astype(np.int64)).to(device)
         train_step(model, optimizer, list(rows.split(micro)), lr_at(step, spec.lr, spec.warmup_steps),
                    spec.optimizer.grad_clip, precision)
         if (step + 1) % every == 0 or step + 1 == steps:
             curve.append((step + 1, evaluate(model, validation, micro, precision)))
+    return curve
+
+
+def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | None, probe_index: int = 0,
+              device: torch.device | None = None) -> dict:
+    """Probe the model at `checkpoint_path` (None: a freshly initialised model, the baseline) on
+    `device` (default: the GPU when there is one), `probe.replicates` times from the same weights,
+    each replicate on its own probe-data draw. `auc` and `curve` are the replicates' means."""
+    device = device or default_device()
+    engine = build(spec, device, checkpoint_path, rows=spec.global_sequences)
+    start = {k: v.detach().clone() for k, v in engine.model.state_dict().items()}
+    ids = validation_sample(spec, prepared, spec.data.probe_language, spec.probe.eval_sequences)
+    validation = torch.from_numpy(ids.astype(np.int64)).to(device)
+    curves = []
+    for replicate in range(spec.probe.replicates):
+        if replicate:
+            engine.model.load_state_dict(start)
+        curves.append(_probe_curve(engine, spec, prepared, validation, probe_index, replicate))
+    aucs = [probe_auc(curve, spec.probe.auc_includes_step0) for curve in curves]
+    mean_curve = [(step, float(np.mean([c[i][1] for c in curves]))) for i, (step, _) in enumerate(curves[0])]
     return {
-        "auc": probe_auc(curve, spec.probe.auc_includes_step0),
-        "auc_from_step": curve[0][0] if spec.probe.auc_includes_step0 else curve[1][0],
-        "curve": [{"step": s, "val_loss": v} for s, v in curve],
-        "steps": steps, "eval_sequences": len(validation), "probe_index": probe_index,
-        "final_val_loss": curve[-1][1], "checkpoint": str(checkpoint_path) if checkpoint_path else None,
+        "auc": float(np.mean(aucs)),
+        "replicate_aucs": aucs,
+        "auc_from_step": 0 if spec.probe.auc_includes_step0 else mean_curve[1][0],
+        "curve": [{"step": s, "val_loss": v} for s, v in mean_curve],
+        "replicate_curves": [[v for _, v in curve] for curve in curves],
+        "steps": spec.probe_steps, "eval_sequences": len(validation), "probe_index": probe_index,
+        "final_val_loss": mean_curve[-1][1], "checkpoint": str(checkpoint_path) if checkpoint_path else None,
         "device": str(device),
     }
 
 
 def format_probe(result: dict) -> str:
-    lines = [f"AUC {result['auc']:.4f} over {result['steps']} probe steps ({result['eval_sequences']} validation rows)"]
+    aucs = result["replicate_aucs"]
+    spread = f" (mean of {len(aucs)} replicates: {', '.join(f'{a:.4f}' for a in aucs)})" if len(aucs) > 1 else ""
+    lines = [f"AUC {result['auc']:.4f}{spread} over {result['steps']} probe steps ({result['eval_sequences']} "
+             "validation rows)"]
     lines += [f"  step {point['step']:>6}  val loss {point['val_loss']:.4f}" for point in result["curve"]]
     return "\n".join(lines)

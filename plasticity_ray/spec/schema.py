@@ -199,6 +199,9 @@ class ProbeSpec(_Section):
     # last); the step-0 evaluation (zero-shot, before any learning) is stored but left out unless this is on.
     auc_includes_step0: bool = False
     baseline: bool = True  # also probe a freshly initialised model ("probe language alone")
+    # Probes of the same checkpoint (each a fresh copy of the model on its own probe-data draw):
+    # their spread is the probe noise that onset intervals and the verdict need. 1: the paper's.
+    replicates: PositiveInt = 1
 
 
 class DiagnosticsSpec(_Section):
@@ -397,6 +400,9 @@ class ExperimentSpec(_Section):
             problems.append(f"probe.extended.cycles: from {extended.cycles[0]} is after to {extended.cycles[1]}")
         elif extended and extended.cycles and extended.cycles[0] > self.schedule.cycles:
             problems.append(f"probe.extended.cycles: starts after the last cycle ({self.schedule.cycles})")
+        if self.probe.replicates > 1 and self.probe.same_data_order:
+            problems.append(f"probe.replicates: {self.probe.replicates} replicates with probe.same_data_order would "
+                            "all train on the same rows; replicates need their own draws (same_data_order: false)")
         for name in ("train_tokens", "validation_tokens"):
             caps = getattr(self.data, name)
             missing = [lang for lang in (*self.data.languages, self.data.probe_language)

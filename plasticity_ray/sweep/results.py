@@ -2,7 +2,8 @@
 
 One *trial* is one run directory (`<experiment>/<run id>/`, holding spec.json). The trial table has
 one row per run; the probe table one row per probe point, with the diagnostics measured there and
-the AUC normalised by the run's baseline (Appendix B).
+the AUC normalised by the run's baseline (Appendix B); the group table one row per group of runs
+that differ only in their seed, with its conclusions and their uncertainty (`analysis.groups`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import csv
 import io
 from pathlib import Path
 
+from plasticity_ray.analysis.groups import GROUP_COLUMNS, group_row, group_runs, replicate_aucs
 from plasticity_ray.analysis.runs import Run, load_run
 from plasticity_ray.errors import UserError
 from plasticity_ray.rundir import COMPLETE_FILE, run_dirs
@@ -18,7 +20,7 @@ from plasticity_ray.storage import write_bytes_atomic
 
 TRIAL_COLUMNS = ["trial_id", "label", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "val_score",
                  "probes_done", "latest_auc", "auc_change_percent", "alarms", "first_alarm"]
-PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "language", "auc", "normalized_auc",
+PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "language", "auc", "auc_sd", "normalized_auc",
                  "auc_change_percent", "weight_magnitude", "dormant_percent", "lazy_heads_percent",
                  "collapsed_heads_percent", "weight_distance"]
 
@@ -30,6 +32,7 @@ def _probe_rows(run: Run, trial: dict) -> list[dict]:
         rows.append({
             "trial_id": trial["trial_id"], "size": trial["size"], "lr": trial["lr"], "seed": trial["seed"],
             "cycle": r.get("cycle"), "task_index": r["task_index"], "language": r.get("language"), "auc": r["auc"],
+            "replicate_aucs": replicate_aucs(r), "auc_sd": _sd(replicate_aucs(r)),
             "normalized_auc": r["auc"] / run.baseline if run.baseline else None,
             "auc_change_percent": change,
             "weight_magnitude": d.get("weight_magnitude"),
@@ -41,12 +44,20 @@ def _probe_rows(run: Run, trial: dict) -> list[dict]:
     return rows
 
 
+def _sd(values: list[float]) -> float | None:
+    """The spread of a probe's replicates (None for one)."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
 VAL_SCORE_LAST = 10  # Table II: "averaging the last 10 validation-loss measurements"
 
 
-def trial(run_dir: Path) -> tuple[dict, list[dict]]:
+def trial(run: Run) -> tuple[dict, list[dict]]:
     """One run's trial row and its probe rows."""
-    run = load_run(run_dir)
+    run_dir = run.path
     val_losses = [r["val_loss"] for r in run.metrics if "val_loss" in r][-VAL_SCORE_LAST:]
     last = run.metrics[-1] if run.metrics else {}
     first_alarm = run.alarms[0] if run.alarms else None
@@ -69,13 +80,14 @@ def trial(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def tables(experiment_dir: Path) -> dict[str, list[dict]]:
-    """{"trials": [...], "probes": [...]} for every run in the experiment directory."""
+    """{"trials": [...], "probes": [...], "groups": [...]} for every run in the experiment directory."""
     trials, probes = [], []
-    for run_dir in run_dirs(experiment_dir):
-        row, points = trial(run_dir)
+    runs = [load_run(run_dir) for run_dir in run_dirs(experiment_dir)]
+    for run in runs:
+        row, points = trial(run)
         trials.append(row)
         probes += points
-    return {"trials": trials, "probes": probes}
+    return {"trials": trials, "probes": probes, "groups": [group_row(g) for g in group_runs(runs)]}
 
 
 def to_csv(rows: list[dict], columns: list[str]) -> str:
@@ -87,10 +99,11 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_tables(experiment_dir: Path, result: dict[str, list[dict]]) -> list[Path]:
-    """trials.csv and probes.csv next to the runs (atomically); returns their paths."""
-    paths = [experiment_dir / "trials.csv", experiment_dir / "probes.csv"]
+    """trials.csv, probes.csv and groups.csv next to the runs (atomically); returns their paths."""
+    paths = [experiment_dir / "trials.csv", experiment_dir / "probes.csv", experiment_dir / "groups.csv"]
     write_bytes_atomic(paths[0], to_csv(result["trials"], TRIAL_COLUMNS).encode())
     write_bytes_atomic(paths[1], to_csv(result["probes"], PROBE_COLUMNS).encode())
+    write_bytes_atomic(paths[2], to_csv(result["groups"], GROUP_COLUMNS).encode())
     return paths
 
 
@@ -130,5 +143,7 @@ def format_probes(run_dir: Path, language: str) -> list[str]:
         lines.append(f"    % change: Eq. (1) against the probe after task {run.tasks_trained(reference)} (AUC₁)")
     for r, change in zip(run.probes, run.auc_change(run.probes)):
         where = f"cycle {r['cycle'] + 1}, after {r['language'] or 'mixture'}"
-        lines.append(f"    {where:<28} {r['auc']:.4f}" + (f"  {change:+.2f}%" if change is not None else ""))
+        sd = _sd(replicate_aucs(r))
+        spread = f" ± {sd:.4f} (sd of {len(replicate_aucs(r))} replicates)" if sd is not None else ""
+        lines.append(f"    {where:<28} {r['auc']:.4f}" + (f"  {change:+.2f}%" if change is not None else "") + spread)
     return lines

@@ -24,6 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from plasticity_ray.spec import ExperimentSpec, grid_points, point_labels, with_overrides
 from plasticity_ray.rundir import SPEC_FILE
 from plasticity_ray.storage import storage_dir
+from plasticity_ray.analysis.runs import load_run
 from plasticity_ray.sweep.results import trial
 from plasticity_ray.trial import experiment_dir, run_dir, run_training
 
@@ -44,7 +45,7 @@ class _TrialReport(TuneReportCallback):
 
 
 def _tune_row(directory: Path) -> dict:
-    row, _ = trial(directory) if (directory / SPEC_FILE).exists() else ({}, [])
+    row, _ = trial(load_run(directory)) if (directory / SPEC_FILE).exists() else ({}, [])
     row = {k: v for k, v in row.items() if k != "trial_id"}  # Tune has its own trial_id
     return {**row, "run_id": directory.name}
 

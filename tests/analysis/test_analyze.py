@@ -143,3 +143,40 @@ def test_stationary_eq1_is_against_the_first_probe(tmp_path, write_run):
     run = load_run(tmp_path / "s" / "run")
     assert run.cycle_end_probes == run.probes
     assert run.auc_change(run.probes) == pytest.approx([0.0, 100 * (2.9 / 3 - 1), 10.0])
+
+
+def test_seeds_form_a_group_whose_conclusions_carry_their_uncertainty(tmp_path, write_run, capsys):
+    """Two seeds × two probe replicates of a clear valley (bottom after 32 tasks) that rises well
+    above the noise; a third run with one seed and one replicate says that it has no interval."""
+    root = tmp_path / "g"
+    valley = [3.4, 3.2, 3.0, 2.9, 3.0, 3.2, 3.4, 3.6]
+    for seed, shift in ((0, 0.0), (1, 0.05)):
+        reps = [[v + shift + d, v + shift - d] for v, d in zip(valley, [0.01, -0.02, 0.015, 0.01, -0.01, 0.02, 0.01, -0.015])]
+        write_run(root, f"5M_seed{seed}", "5M", "paper", None, baseline=3.5, seed=seed, replicates=reps)
+    write_run(root, "12M_seed0", "12M", "paper", valley, baseline=3.5)
+    assert main(["analyze", str(root)]) == 0
+    out = capsys.readouterr().out
+    with open(root / "analysis" / "onsets.csv") as f:
+        groups = {r["size"]: r for r in csv.DictReader(f)}
+    five = groups["5M"]
+    assert (five["seeds"], five["replicates"], five["noise"]) == ("2", "2", "seeds")
+    assert int(five["onset_tasks"]) == 32 and int(five["onset_lo"]) <= 32 <= int(five["onset_hi"])
+    assert five["verdict"] == "significant" and float(five["p_value"]) < 0.1
+    changes = [100 * ((valley[-1] + s) / (valley[0] + s) - 1) for s in (0.0, 0.05)]
+    assert float(five["auc_change_percent"]) == pytest.approx(sum(changes) / 2)
+    assert float(five["auc_change_pm"]) == pytest.approx(6.3138 * abs(changes[0] - changes[1]) / 2, rel=1e-3)
+    assert float(five["cycles"]) == 8  # the last cycle-end probe (after 8 cycles) against the first (Eq. 1)
+    assert "5M (lr 0.003) (2 seeds × 2 probe replicates): probe AUC +" in five["message"]
+    assert "loss of plasticity: significant" in five["message"] and five["message"] in out
+    twelve = groups["12M"]
+    assert twelve["onset_lo"] == "" and twelve["verdict"] == "no verdict"
+    assert "no interval: one seed and one probe replicate measure no noise" in twelve["message"]
+    assert len(list(csv.DictReader(open(root / "analysis" / "run_onsets.csv")))) == 3  # single runs stay available
+    # `results --json` and groups.csv carry the same fields
+    assert main(["results", str(root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    by_size = {g["size"]: g for g in result["groups"]}
+    assert by_size["5M"]["message"] == five["message"] and by_size["5M"]["onset_lo"] == int(five["onset_lo"])
+    assert {p["auc_sd"] is not None for p in result["probes"] if p["size"] == "5M"} == {True}
+    with open(root / "groups.csv") as f:
+        assert {r["size"]: r["message"] for r in csv.DictReader(f)}["5M"] == five["message"]

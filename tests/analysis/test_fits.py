@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from plasticity_ray.analysis.fits import fit_onsets, read_onset_table
@@ -73,3 +74,46 @@ def test_bad_tables_are_clear_errors(tmp_path):
         out = subprocess.run([sys.executable, "-m", "plasticity_ray.cli", "fit-onset", str(path)],
                              capture_output=True, text=True)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_every_coefficient_has_a_t_interval_and_predictions_a_prediction_interval(result):
+    from scipy import stats
+
+    t = stats.t.ppf(0.95, 8 - 2)  # eight sizes in Table IV, two coefficients
+    for m in result["models"].values():
+        for key in ("a", "b"):
+            assert m[f"ci_{key}"] == pytest.approx([m[key] - t * m[f"se_{key}"], m[key] + t * m[f"se_{key}"]])
+    # The log-log prediction for 1e9 parameters by hand: ŷ ± t·s·√(1 + x₀ᵀ(XᵀX)⁻¹x₀) on ln T.
+    params, onsets = read_onset_table(TABLE_IV)
+    x, y = np.log(params), np.log(onsets)
+    design = np.column_stack([np.ones_like(x), x])
+    coef = np.linalg.solve(design.T @ design, design.T @ y)
+    s2 = np.sum((y - design @ coef) ** 2) / (len(y) - 2)
+    x0 = np.array([1.0, np.log(1e9)])
+    half = t * np.sqrt(s2 * (1 + x0 @ np.linalg.inv(design.T @ design) @ x0))
+    one_b = result["predictions"][0]
+    assert one_b["onset_tasks_interval"] == pytest.approx([np.exp(x0 @ coef - half), np.exp(x0 @ coef + half)])
+    low, high = one_b["onset_tasks_interval"]
+    assert 100 < low < 360 < high < 1000  # 360 task instances, but anywhere from ~140 to ~940 at 90%
+    assert one_b["onset_tokens_interval"] == pytest.approx([low * 5e9, high * 5e9])
+
+
+def test_prediction_intervals_cover_new_onsets_at_their_level():
+    from plasticity_ray.analysis.fits import band
+
+    rng = np.random.default_rng(11)
+    params = np.array([5e6, 12e6, 27e6, 39e6, 53e6, 83e6, 106e6, 314e6])
+    covered = 0
+    for _ in range(400):
+        onsets = np.exp(-11.25 + 0.83 * np.log(params) + rng.normal(0, 0.4, len(params)))
+        new = np.exp(-11.25 + 0.83 * np.log(1e9) + rng.normal(0, 0.4))
+        low, high = band("log_log", params, onsets, np.array([1e9]), 0.9, new_onset=True)
+        covered += low[0] <= new <= high[0]
+    assert 0.86 <= covered / 400 <= 0.94
+
+
+def test_fit_onset_prints_the_intervals():
+    out = subprocess.run([sys.executable, "-m", "plasticity_ray.cli", "fit-onset", str(TABLE_IV), "--predict", "1e9"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "onset after 360 task instances, 90% prediction interval [" in out
+    assert "90% CI of b" in out

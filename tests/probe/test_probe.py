@@ -79,6 +79,22 @@ def test_a_probe_trains_a_copy_and_measures_its_auc(probe_spec, demo_prepared, t
     assert again["auc"] == result["auc"]  # seeded data order: the same probe twice is the same
 
 
+def test_replicates_probe_the_same_weights_on_their_own_draws(probe_spec, demo_prepared, trained_checkpoint):
+    single = run_probe(probe_spec, demo_prepared, trained_checkpoint)
+    spec = with_overrides(probe_spec, {"probe.replicates": 3})
+    result = run_probe(spec, demo_prepared, trained_checkpoint)
+    aucs = result["replicate_aucs"]
+    assert len(aucs) == 3 and len(set(aucs)) == 3  # three draws, three different AUCs
+    assert aucs[0] == single["auc"]  # replicate 0 is the single probe: replicates start from the checkpoint
+    assert result["auc"] == pytest.approx(sum(aucs) / 3)
+    curves = result["replicate_curves"]
+    assert [c[0] for c in curves] == [single["curve"][0]["val_loss"]] * 3  # the same weights at step 0
+    assert [p["val_loss"] for p in result["curve"]] == pytest.approx([sum(c[i] for c in curves) / 3 for i in range(3)])
+    draws = [probe_draw(spec, demo_prepared, 1, r) for r in range(3)]
+    assert len({tuple(d.tolist()) for d in draws}) == 3
+    assert (probe_draw(spec, demo_prepared, 1, 2) == draws[2]).all()  # seeded by (seed, probe, replicate)
+
+
 def test_the_baseline_probes_a_fresh_model(probe_spec, demo_prepared):
     result = run_probe(probe_spec, demo_prepared, None)
     assert result["curve"][0]["val_loss"] == pytest.approx(math.log(320), rel=0.05)
