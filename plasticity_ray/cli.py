@@ -235,6 +235,10 @@ def cmd_bench(args) -> int:
         from plasticity_ray.bench.data import bench_data
 
         record = bench_data(args.argv, steps=args.steps, pool_rows=args.pool_rows)
+    elif args.bench_command == "device-check":
+        from plasticity_ray.bench.device_check import device_check
+
+        record = device_check(args.argv, cpu_sized=args.cpu_sized)
     elif args.bench_command == "main-command":
         from plasticity_ray.bench.command import bench_main_command
 
@@ -243,7 +247,7 @@ def cmd_bench(args) -> int:
         from plasticity_ray.bench.train import bench_train
 
         record = bench_train(args.argv, args.sizes.split(","), args.seq_len, args.batch_tokens, args.tokenizer,
-                             args.steps, args.warmup)
+                             args.steps, args.warmup, args.rounds)
     print(json.dumps(record, indent=2))
     if args.out:
         write_json_atomic(Path(args.out), record)
@@ -351,7 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--tokenizer", default="qwen3", choices=["qwen3", "byte"], help="sets the vocabulary")
     bench_train.add_argument("--steps", type=int, default=20, help="timed steps")
     bench_train.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    bench_train.add_argument("--rounds", type=int, default=5,
+                             help="alternating rounds of trainer and plain-reference steps (the ratio is their median)")
     bench_train.add_argument("--out", help="also write the record to this JSON file")
+    check = bench_commands.add_parser(
+        "device-check", help="on a GPU machine: bench train at 5M/106M/314M and the whole pipeline on the GPU")
+    check.add_argument("--cpu-sized", action="store_true", help="the same code at CPU size (what the tests run)")
+    check.add_argument("--out", help="also write the record to this JSON file")
     bench_main = bench_commands.add_parser(
         "main-command", help="the README's main command, set-up included, timed on fresh clones of the last commit")
     bench_main.add_argument("--runs", type=int, default=3, help="runs (each in a fresh clone)")

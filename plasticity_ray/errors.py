@@ -5,3 +5,7 @@ traceback. Modules raise their own subclasses (SpecError, DataError, CheckpointE
 
 class UserError(Exception):
     pass
+
+
+class ResourceError(UserError):
+    """What a spec asks for cannot be had: resources the local Ray can never offer, memory a device lacks."""

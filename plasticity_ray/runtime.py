@@ -8,12 +8,8 @@ import os
 
 import ray
 
-from plasticity_ray.errors import UserError
+from plasticity_ray.errors import ResourceError
 from plasticity_ray.spec import ExperimentSpec
-
-
-class ResourceError(UserError):
-    """The local Ray can never run what the spec asks for."""
 
 
 def init_ray() -> None:

@@ -16,20 +16,6 @@ def test_mfu_flops_per_token_is_the_palm_formula():
     assert flops_per_token(spec) == 6 * (4_932_480 + 151_680 * 320) + 12 * 4 * 320 * 2048
 
 
-@pytest.mark.slow
-def test_bench_train_runs_on_cpu_bare_and_in_ray_train(ray_session, tmp_path, capsys):
-    out = tmp_path / "train.json"
-    argv = ["bench", "train", "--sizes", "L1-d64", "--seq-len", "32", "--batch-tokens", "512",
-            "--tokenizer", "byte", "--steps", "3", "--warmup", "1", "--out", str(out)]
-    assert main(argv) == 0
-    record = json.loads(out.read_text())
-    assert record["command"] == "plasticity-ray " + " ".join(argv)
-    assert record["device"] and record["date"]
-    size = record["sizes"]["L1-d64"]
-    assert size["bare"]["tokens_per_s"] > 0 and size["ray_train"]["tokens_per_s"] > 0
-    assert size["tokens_per_s"] == size["ray_train"]["tokens_per_s"]
-
-
 def test_the_main_command_bench_times_the_readmes_command_on_fresh_clones(tmp_path):
     import subprocess
 
@@ -50,3 +36,25 @@ def test_the_main_command_bench_times_the_readmes_command_on_fresh_clones(tmp_pa
     walls = sorted(r["wall_s"] for r in record["runs"])
     assert 0.2 <= record["wall_s"]["min"] == walls[0] <= record["wall_s"]["max"] == walls[1] < 30
     assert record["device"] and record["date"] and record["timed"] == command and len(record["commit"]) == 40
+
+
+@pytest.mark.slow
+def test_the_device_check_runs_at_cpu_size(ray_session, tmp_path):
+    """The GPU check's own code at CPU size, from the command line: bench train (bare, in a
+    TorchTrainer, and the plain reference), then the whole pipeline (2 tasks, probes and
+    diagnostics, a worker crash and resume) with its checks; one record."""
+    out = tmp_path / "check.json"
+    argv = ["bench", "device-check", "--cpu-sized", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads(out.read_text())
+    assert record["command"] == "plasticity-ray " + " ".join(argv) and record["device"] and record["date"]
+    size = record["train"]["sizes"]["L1-d64"]
+    assert size["bare"]["tokens_per_s"] > 0 and size["ray_train"]["tokens_per_s"] > 0
+    assert size["tokens_per_s"] == size["ray_train"]["tokens_per_s"]
+    assert size["reference"]["tokens_per_s"] > 0  # the plain loop, same shapes, same process
+    rounds = size["trainer_vs_reference_rounds"]  # the paired ratios of alternating rounds; the ratio is their median
+    assert len(rounds) == 2 and size["trainer_vs_reference"] == pytest.approx(sum(rounds) / 2, abs=1e-3)
+    pipeline = record["pipeline"]
+    assert pipeline["checks"] == {name: True for name in pipeline["checks"]} and pipeline["all_ok"]
+    assert len(pipeline["probe_aucs"]) == 3  # after en, after zh, and the baseline
+    assert set(record["targets"]) == {"L1-d64_trainer_vs_reference", "L1-d64_ray_overhead"}

@@ -4,20 +4,25 @@ For each size: the trainer's own model, optimizer and step function on synthetic
 loading), timed after warm-up steps; tokens/s, peak memory and, on GPU, the model FLOPs utilisation
 with the PaLM/nanoGPT count FLOPs/token = 6·(non-embedding params + vocabulary·hidden) +
 12·layers·hidden·seq_len against 989 TFLOP/s (H100 SXM, dense bf16). The same measurement then runs
-inside a one-worker TorchTrainer, and the difference is Ray's overhead.
+inside a one-worker TorchTrainer, and the difference is Ray's overhead; and a plain PyTorch loop of
+the same shape (`bench.reference`) in the same process, timed in alternating rounds, and the
+ratio says what the trainer's own step gains or costs against what one would write by hand.
 """
 
 from __future__ import annotations
 
 import json
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from plasticity_ray.bench.reference import reference_step
 from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.train.device import DeviceOps
 from plasticity_ray.train.recipe import build, default_device, make_optimizer, model_config, train_step
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -36,41 +41,88 @@ def bench_spec(size: str, seq_len: int, batch_tokens: int, tokenizer: str) -> Ex
     )
 
 
+def trainer_step(spec: ExperimentSpec, device: torch.device):
+    """The trainer's own step on a synthetic batch (a closure), and its engine."""
+    engine = build(spec, device, rows=spec.global_sequences)
+    optimizer = make_optimizer(engine.model, spec, device)
+    batch = torch.randint(0, engine.cfg.vocab_size - 1, (spec.global_sequences, spec.data.seq_len + 1), device=device)
+    micro_batches = list(batch.split(engine.micro_batch))
+    return (lambda: train_step(engine.model, optimizer, micro_batches, spec.lr, None, engine.precision)[0]), engine
+
+
+def timed(step, steps: int, ops: DeviceOps) -> float:
+    """Seconds for `steps` calls of `step`, waiting for the device at both ends."""
+    ops.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss.item()  # waits for the device
+    return time.perf_counter() - started
+
+
 def measure(spec_json: dict, steps: int, warmup: int, threads: int) -> dict:
     """Train `steps` timed steps (after `warmup`) of the spec's model on this process's device,
     with `threads` CPU threads (Ray gives a worker as many as it has CPUs: compare like with like)."""
     torch.set_num_threads(threads)
     spec = ExperimentSpec.model_validate(spec_json)
-    device = default_device()
-    rows = spec.global_sequences
-    engine = build(spec, device, rows=rows)
-    model, cfg, precision, micro = engine.model, engine.cfg, engine.precision, engine.micro_batch
-    optimizer = make_optimizer(model, spec, device)
-    batch = torch.randint(0, cfg.vocab_size - 1, (rows, spec.data.seq_len + 1), device=device)
-    micro_batches = list(batch.split(micro))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    step, engine = trainer_step(spec, default_device())
+    ops = engine.ops
+    ops.reset_peak()
     for _ in range(warmup):
-        train_step(model, optimizer, micro_batches, spec.lr, None, precision)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        loss, _ = train_step(model, optimizer, micro_batches, spec.lr, None, precision)
-    loss.item()  # waits for the device
-    seconds = time.perf_counter() - started
-    tokens_per_s = steps * rows * spec.data.seq_len / seconds
+        step()
+    seconds = timed(step, steps, ops)
+    return _figures(spec, ops, engine.micro_batch, steps, seconds)
+
+
+def _figures(spec: ExperimentSpec, ops: DeviceOps, micro: int, steps: int, seconds: float) -> dict:
+    tokens_per_s = steps * spec.global_sequences * spec.data.seq_len / seconds
     result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if ops.is_gpu else "cpu",
         "micro_batch": micro, "steps": steps, "seconds": round(seconds, 3), "tokens_per_s": round(tokens_per_s),
         "flops_per_token": flops_per_token(spec),
     }
-    if device.type == "cuda":
-        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if ops.is_gpu:
+        result["peak_memory_gib"] = round(ops.peak_bytes() / 2**30, 2)
         result["mfu_vs_h100_bf16"] = round(tokens_per_s * flops_per_token(spec) / H100_BF16_DENSE_FLOPS, 4)
     else:
         result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return result
+
+
+def against_reference(spec: ExperimentSpec, steps: int, warmup: int, threads: int, rounds: int) -> dict:
+    """The trainer's step and the plain reference in this process, same shapes, timed in
+    alternating rounds of `steps` (A B A B …: a machine whose speed drifts moves both alike); the
+    ratio is the median of the rounds' paired ratios, with their spread."""
+    torch.set_num_threads(threads)
+    device = default_device()
+    step, engine = trainer_step(spec, device)
+    ops, micro = engine.ops, engine.micro_batch
+    size, cfg = spec.model.resolved, engine.cfg
+    plain = None
+    while plain is None:  # the plain loop holds full logits: halve its micro-batch until they fit
+        try:
+            plain = reference_step(size.layers, size.hidden, cfg.heads, cfg.vocab_size, spec.data.seq_len,
+                                   spec.global_sequences, micro, device)
+            for _ in range(warmup):
+                plain()
+        except torch.OutOfMemoryError:
+            if micro == 1:
+                raise
+            plain, micro = None, micro // 2
+            torch.cuda.empty_cache()
+    ops.reset_peak()
+    for _ in range(warmup):
+        step()
+    trainer_seconds, reference_seconds = [], []
+    for _ in range(rounds):
+        trainer_seconds.append(timed(step, steps, ops))
+        reference_seconds.append(timed(plain, steps, ops))
+    ratios = sorted(r / t for t, r in zip(trainer_seconds, reference_seconds))
+    bare = _figures(spec, ops, engine.micro_batch, steps, statistics.median(trainer_seconds))
+    reference = _figures(spec, DeviceOps(device), micro, steps, statistics.median(reference_seconds))
+    reference.pop("peak_memory_gib", None)
+    return {"bare": bare, "reference": reference, "trainer_vs_reference": round(statistics.median(ratios), 3),
+            "trainer_vs_reference_rounds": [round(r, 3) for r in ratios]}
 
 
 def _worker(config: dict) -> None:
@@ -98,7 +150,7 @@ def measure_in_ray_train(spec: ExperimentSpec, steps: int, warmup: int, threads:
 
 
 def bench_train(command: list[str], sizes: list[str], seq_len: int, batch_tokens: int, tokenizer: str,
-                steps: int, warmup: int, say=print) -> dict:
+                steps: int, warmup: int, rounds: int = 5, say=print) -> dict:
     from plasticity_ray.bench.record import header
     from plasticity_ray.runtime import init_ray
 
@@ -107,15 +159,18 @@ def bench_train(command: list[str], sizes: list[str], seq_len: int, batch_tokens
     init_ray()
     threads = max(1, min(torch.get_num_threads(), int(ray.cluster_resources().get("CPU", 1))))
     record = {**header(command), "benchmark": "train", "seq_len": seq_len, "batch_tokens": batch_tokens,
-              "tokenizer": tokenizer, "cpu_threads": threads, "sizes": {}}
+              "tokenizer": tokenizer, "cpu_threads": threads, "rounds": rounds, "sizes": {}}
     for size in sizes:
         spec = bench_spec(size, seq_len, batch_tokens, tokenizer)
-        say(f"{size}: bare loop ...")
-        bare = measure(spec.model_dump(mode="json"), steps, warmup, threads)
-        say(f"{size}: {bare['tokens_per_s']:,} tokens/s bare; inside a TorchTrainer worker ...")
+        say(f"{size}: the trainer's step and the plain reference, {rounds} alternating rounds of {steps} steps ...")
+        pair = against_reference(spec, steps, warmup, threads, rounds)
+        bare = pair["bare"]
+        say(f"{size}: {bare['tokens_per_s']:,} tokens/s bare, {pair['reference']['tokens_per_s']:,} plain reference: "
+            f"trainer at {pair['trainer_vs_reference']:.2f}× (rounds {pair['trainer_vs_reference_rounds']}); "
+            "inside a TorchTrainer worker ...")
         in_ray = measure_in_ray_train(spec, steps, warmup, threads)
         overhead = 1 - in_ray["tokens_per_s"] / bare["tokens_per_s"]
-        say(f"{size}: {in_ray['tokens_per_s']:,} tokens/s in Ray Train ({overhead:+.1%} overhead)")
-        record["sizes"][size] = {"tokens_per_s": in_ray["tokens_per_s"], "bare": bare, "ray_train": in_ray,
+        say(f"{size}: {in_ray['tokens_per_s']:,} tokens/s in Ray Train ({overhead:+.1%} against the bare median)")
+        record["sizes"][size] = {"tokens_per_s": in_ray["tokens_per_s"], **pair, "ray_train": in_ray,
                                  "ray_overhead": round(overhead, 4)}
     return record

@@ -14,7 +14,8 @@ from plasticity_ray.diagnostics.dormant import activation_dormancy, gradient_dor
 from plasticity_ray.diagnostics.weights import average_magnitude, model_ranks, relative_distance
 from plasticity_ray.model.gpt import GPT
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.train.recipe import autocast, build, default_device
+from plasticity_ray.train.device import DeviceOps
+from plasticity_ray.train.recipe import build, default_device
 
 
 def _validation(spec: ExperimentSpec, prepared: Prepared, language: str, count: int, device: torch.device) -> torch.Tensor:
@@ -26,7 +27,7 @@ def diagnose(spec: ExperimentSpec, prepared: Prepared, model: GPT, previous: dic
     (weight_distance is None without one)."""
     d = spec.diagnostics
     device = next(model.parameters()).device
-    precision = lambda: autocast(device, spec.train.precision)  # noqa: E731
+    precision = lambda: DeviceOps(device).autocast(spec.train.precision)  # noqa: E731
     model.eval()
     out: dict = {}
     if "weight_magnitude" in d.enabled:

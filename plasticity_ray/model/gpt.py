@@ -26,6 +26,9 @@ AttentionObserver = Callable[[int, torch.Tensor], None]
 
 # Logit elements per chunk of the loss head (1 GiB in fp32): 1,770 tokens at vocabulary 151,680.
 LOSS_CHUNK_LOGITS = 2**28
+# Up to this many logit elements (64 MiB in fp32: a CPU batch of the byte vocabulary) the loss head
+# is PyTorch's own cross-entropy over all logits at once, which is faster than the chunked one there.
+PLAIN_HEAD_LOGITS = 2**24
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,8 @@ class GPT(nn.Module):
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """mean CE(hidden @ weightᵀ, targets) without ever holding more than one chunk of logits."""
     flat_hidden = hidden.reshape(-1, hidden.size(-1))
+    if flat_hidden.size(0) * weight.size(0) <= PLAIN_HEAD_LOGITS:
+        return F.cross_entropy(F.linear(flat_hidden, weight).float(), targets.reshape(-1))
     chunk = max(1, LOSS_CHUNK_LOGITS // weight.size(0))
     return _ChunkedLinearCrossEntropy.apply(flat_hidden, weight, targets.reshape(-1), chunk)
 

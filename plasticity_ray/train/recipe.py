@@ -27,9 +27,7 @@ from plasticity_ray.data.tokenizers import tokenizer_class
 from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.train import checkpoint as checkpoints
-
-CPU_MICRO_BATCH_TOKENS = 2**16
-
+from plasticity_ray.train.device import DeviceOps, micro_batch as search_micro_batch
 
 def model_config(spec: ExperimentSpec) -> GPTConfig:
     tokenizer = tokenizer_class(spec.data.tokenizer)
@@ -41,25 +39,6 @@ def compile_blocks(model: GPT) -> None:
     safe under DDP, and the chunked loss head stays eager."""
     for block in model.blocks:
         block.compile()
-
-
-def auto_micro_batch(model: GPT, rows: int, seq_len: int, device: torch.device, precision) -> int:
-    """The largest divisor of `rows` that fits: by a token budget on CPU, by trying on GPU."""
-    divisors = [d for d in range(rows, 0, -1) if rows % d == 0]
-    if device.type != "cuda":
-        return next(d for d in divisors if d * seq_len <= CPU_MICRO_BATCH_TOKENS or d == 1)
-    for d in divisors:
-        try:
-            probe = torch.zeros(d, seq_len + 1, dtype=torch.long, device=device)
-            with precision():
-                model(probe[:, :-1], targets=probe[:, 1:]).backward()
-            return d
-        except torch.OutOfMemoryError:
-            continue
-        finally:
-            model.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-    raise RuntimeError(f"not even one sequence of {seq_len} tokens fits on {device}")
 
 
 def default_device() -> torch.device:
@@ -76,24 +55,28 @@ class Engine:
     device: torch.device
     precision: Callable[[], contextlib.AbstractContextManager]
     micro_batch: int | None  # sequences per forward pass (None when `build` was given no rows)
+    ops: DeviceOps
 
 
 def build(spec: ExperimentSpec, device: torch.device, checkpoint: Path | str | None = None, rows: int = 0,
-          compile: bool | None = None, attach: Sequence = ()) -> Engine:
+          compile: bool | None = None, attach: Sequence = (), ops: DeviceOps | None = None) -> Engine:
     """The spec's model on `device`: initialised from the run's seed (the same on every rank and
     restart), with the weights of `checkpoint` when given; its precision context; the micro-batch
     for `rows` sequences per step (`batch.micro_batch`, or the largest that fits); then the hooks
     in `attach` attached (their forward hooks become part of the compiled graph) and the blocks
-    compiled as `train.compile` says (`compile` overrides it: diagnostics hook into eager modules)."""
+    compiled as `train.compile` says (`compile` overrides it: diagnostics hook into eager modules).
+    `ops` says how to run on the device (default: `DeviceOps(device)`)."""
+    ops = ops or DeviceOps(device)
+    ops.setup(spec.train.precision)
     cfg = model_config(spec)
     torch.manual_seed(spec.seed)
     model = GPT(cfg).to(device)
     if checkpoint is not None:
         checkpoints.load(Path(checkpoint), model, cfg)
-    precision = lambda: autocast(device, spec.train.precision)  # noqa: E731
+    precision = lambda: ops.autocast(spec.train.precision)  # noqa: E731
     micro_batch = None
     if rows:
-        micro_batch = (auto_micro_batch(model, rows, spec.data.seq_len, device, precision)
+        micro_batch = (search_micro_batch(model, rows, spec.data.seq_len, ops, precision)
                        if spec.batch.micro_batch == "auto" else min(spec.batch.micro_batch, rows))
     for hook in attach:
         hook.attach(model)
@@ -101,7 +84,7 @@ def build(spec: ExperimentSpec, device: torch.device, checkpoint: Path | str | N
         compile = spec.train.compile is True or (spec.train.compile == "auto" and device.type == "cuda")
     if compile:
         compile_blocks(model)
-    return Engine(model, cfg, device, precision, micro_batch)
+    return Engine(model, cfg, device, precision, micro_batch, ops)
 
 
 def make_optimizer(model: nn.Module, spec: ExperimentSpec, device: torch.device) -> torch.optim.AdamW:
@@ -111,7 +94,7 @@ def make_optimizer(model: nn.Module, spec: ExperimentSpec, device: torch.device)
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
-        groups, lr=spec.lr, betas=spec.optimizer.betas, eps=spec.optimizer.eps, fused=device.type == "cuda"
+        groups, lr=spec.lr, betas=spec.optimizer.betas, eps=spec.optimizer.eps, fused=DeviceOps(device).fused_adamw
     )
 
 
@@ -127,14 +110,6 @@ def scheduled_lr(spec: ExperimentSpec, task_index: int, step: int) -> float:
     when it restarts per task, else from the run's start."""
     steps_done = step if spec.restarts_warmup else task_index * spec.steps_per_task + step
     return lr_at(steps_done, spec.lr, spec.warmup_steps)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on GPU unless fp32 is asked for; fp32 on CPU unless bf16 is asked for."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train_step(
