@@ -5,6 +5,9 @@ picks it: `Run.auc_reference`). Appendix B: every probe's AUC (cycle ends and ex
 by the probe-language-alone AUC (the baseline), smoothed by a centred moving average of window 3;
 the onset is the task-instance number (tasks trained so far) at the minimum of the smoothed curve.
 Dividing by the baseline does not move the minimum, so runs without a baseline still get an onset.
+
+Beyond the paper: `group_onset` gives the onset of a group of seeds (and probe replicates) with an
+interval and a verdict on plasticity loss, both calibrated by the tests' simulations.
 """
 
 from __future__ import annotations
@@ -96,8 +99,7 @@ class GroupOnset:
         if self.why_no_interval:
             return f"{self.onset.message}; no interval: {self.why_no_interval}"
         lo, hi = self.interval
-        where = self.onset.message
-        return (f"{where} [{lo}, {hi}] ({self.level:.0%} interval, from {self.noise}); loss of plasticity: "
+        return (f"{self.onset.message} [{lo}, {hi}] ({self.level:.0%} interval, from {self.noise}); loss of plasticity: "
                 f"{self.verdict} (rise after the minimum {self.rise:+.4f}, p = {self.p_value:.3g})")
 
 
@@ -125,8 +127,8 @@ def group_onset(tasks: list[int], replicates: list[list[list[float] | None]], le
 
     The interval is a parametric bootstrap: Gaussian noise of the estimated size (its own
     uncertainty included: σ̂²·df/χ²_df, as a t-statistic has it) is added to the mean
-    curve, the onset is found again in every draw, and the interval spans the central `level` of
-    those onsets (and the onset itself). The verdict tests the rise of the smoothed curve from its
+    curve, the onset is found again in every draw, and the interval is the shortest range of tasks
+    that holds `level` of those onsets (and the onset itself). The verdict tests the rise of the smoothed curve from its
     minimum to its last window against the rise that flat curves with the same noise show by chance:
     a one-sided test at α = 1 − level. The rise statistic divided by the noise estimate is pivotal, so
     the test's false-loss rate on flat curves is α whatever the noise."""

@@ -76,7 +76,7 @@ def run_probe(spec: ExperimentSpec, prepared: Prepared, checkpoint_path: Path | 
     `device` (default: the GPU when there is one), `probe.replicates` times from the same weights,
     each replicate on its own probe-data draw. `auc` and `curve` are the replicates' means."""
     device = device or default_device()
-    engine = build(spec, device, checkpoint_path, rows=spec.global_sequences)
+    engine = build(spec, device, checkpoint_path, rows=spec.global_sequences, gpu_share=spec.resources.probe_gpus)
     start = {k: v.detach().clone() for k, v in engine.model.state_dict().items()}
     ids = validation_sample(spec, prepared, spec.data.probe_language, spec.probe.eval_sequences)
     validation = torch.from_numpy(ids.astype(np.int64)).to(device)

@@ -27,11 +27,14 @@ CPU_MICRO_BATCH_TOKENS = 2**16  # CPU memory is not the limit; this keeps a CPU 
 
 @dataclass
 class DeviceOps:
-    """How to run on `device`. `budget_bytes` overrides the free memory the search sizes on (tests
-    inject one; None: the device's free memory on GPU, a token budget on CPU)."""
+    """How to run on `device`. `gpu_share` is the fraction of the GPU this process was given (Ray's
+    `resources.gpus_per_worker` or `probe_gpus`): the search sizes on at most that share of the GPU's
+    memory, so a trainer and a probe sharing one GPU leave each other room. `budget_bytes` overrides
+    the memory the search sizes on (tests inject one; None: as above on GPU, a token budget on CPU)."""
 
     device: torch.device
     budget_bytes: int | None = None
+    gpu_share: float = 1.0
 
     @property
     def is_gpu(self) -> bool:
@@ -57,8 +60,8 @@ class DeviceOps:
         if self.budget_bytes is not None:
             return self.budget_bytes
         if self.is_gpu:
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return free
+            free, total = torch.cuda.mem_get_info(self.device)
+            return int(min(free, total * min(1.0, self.gpu_share)))
         return None
 
     def reset_peak(self) -> None:

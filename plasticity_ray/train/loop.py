@@ -72,7 +72,7 @@ class Trainer:
         self.prepared = load_prepared(spec, list(spec.data.languages))
         self.share = spec.global_sequences // world_size
         self.stateful = [h for h in hooks.step_end + hooks.task_end if hasattr(h, "state_dict")]
-        engine = build(spec, device, rows=self.share, attach=self.stateful)
+        engine = build(spec, device, rows=self.share, attach=self.stateful, gpu_share=spec.resources.gpus_per_worker)
         self.model, self.cfg, self.precision, self.micro_batch = engine.model, engine.cfg, engine.precision, engine.micro_batch
         self.optimizer = make_optimizer(self.model, spec, device)
         self.position = checkpoint.Position(0, 0)

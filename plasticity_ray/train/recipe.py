@@ -59,14 +59,16 @@ class Engine:
 
 
 def build(spec: ExperimentSpec, device: torch.device, checkpoint: Path | str | None = None, rows: int = 0,
-          compile: bool | None = None, attach: Sequence = (), ops: DeviceOps | None = None) -> Engine:
+          compile: bool | None = None, attach: Sequence = (), ops: DeviceOps | None = None,
+          gpu_share: float = 1.0) -> Engine:
     """The spec's model on `device`: initialised from the run's seed (the same on every rank and
     restart), with the weights of `checkpoint` when given; its precision context; the micro-batch
     for `rows` sequences per step (`batch.micro_batch`, or the largest that fits); then the hooks
     in `attach` attached (their forward hooks become part of the compiled graph) and the blocks
     compiled as `train.compile` says (`compile` overrides it: diagnostics hook into eager modules).
-    `ops` says how to run on the device (default: `DeviceOps(device)`)."""
-    ops = ops or DeviceOps(device)
+    `ops` says how to run on the device (default: `DeviceOps(device, gpu_share=gpu_share)`: the
+    micro-batch search keeps to this process's share of the GPU)."""
+    ops = ops or DeviceOps(device, gpu_share=gpu_share)
     ops.setup(spec.train.precision)
     cfg = model_config(spec)
     torch.manual_seed(spec.seed)

@@ -57,3 +57,13 @@ def test_the_search_runs_real_passes_and_counts_the_optimizer_state():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights untouched
     # Without an injected budget a CPU keeps its token rule: 2**16 tokens per pass.
     assert micro_batch(model, 4096, 32, DeviceOps(torch.device("cpu")), lambda: torch.autocast("cpu", enabled=False)) == 2048
+
+
+def test_a_process_sharing_a_gpu_sizes_on_its_share():
+    """On GPU the budget is the free memory, at most the process's share of the whole (a trainer and
+    a probe on 0.5 GPU each); the CPU has no such budget unless one is injected."""
+    assert DeviceOps(torch.device("cpu"), gpu_share=0.5).free_memory() is None
+    assert DeviceOps(torch.device("cpu"), budget_bytes=123).free_memory() == 123
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        assert DeviceOps(torch.device("cuda"), gpu_share=0.5).free_memory() == int(min(free, total * 0.5))
