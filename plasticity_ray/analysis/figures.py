@@ -116,7 +116,7 @@ def fig_onset_curves(groups: list[RunGroup]) -> plt.Figure:
     fig, axes = _panels(len(chosen))
     for ax, group in zip(axes, sorted(chosen, key=lambda g: (g.first.params, g.name))):
         evidence, o = group.onset, group.onset.onset
-        normalised = all(r.baseline for r in group.runs)
+        normalised = group.normalised
         ax.plot(o.tasks, o.values, "o-", color="tab:blue", ms=3, label="AUC / probe-language-alone AUC"
                 if normalised else "AUC (no baseline probe)")
         if evidence.noise_sd is not None:

@@ -41,9 +41,13 @@ class RunGroup:
     def seeds(self) -> list[int]:
         return [run.spec["seed"] for run in self.runs]
 
+    @property
+    def normalised(self) -> bool:
+        """Whether the curves are divided by each run's baseline (only when every run has one)."""
+        return all(r.baseline for r in self.runs)
+
     def _normalised(self, run: Run, probe: dict) -> list[float]:
-        baseline = run.baseline if all(r.baseline for r in self.runs) else None
-        return [a / baseline for a in replicate_aucs(probe)] if baseline else replicate_aucs(probe)
+        return [a / run.baseline for a in replicate_aucs(probe)] if self.normalised else replicate_aucs(probe)
 
     @cached_property
     def onset(self) -> GroupOnset:

@@ -160,8 +160,8 @@ def group_onset(tasks: list[int], replicates: list[list[list[float] | None]], le
     smoothed_draws = _smooth(curve + noise_draws)
     onsets = np.asarray(xs)[smoothed_draws.argmin(1) + WINDOW // 2]
     lo, hi = _shortest(onsets, level)
-    estimate = xs[int(np.argmin(_smooth(curve[None, :])[0])) + WINDOW // 2]
     smoothed = _smooth(curve[None, :])[0]
+    estimate = xs[int(np.argmin(smoothed)) + WINDOW // 2]
     rise = float(smoothed[-1] - smoothed.min())
     null = _smooth(noise_draws)
     null_rise = null[:, -1] - null.min(1)

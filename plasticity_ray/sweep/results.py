@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 from pathlib import Path
 
 from plasticity_ray.analysis.groups import GROUP_COLUMNS, group_row, group_runs, replicate_aucs
@@ -46,10 +47,7 @@ def _probe_rows(run: Run, trial: dict) -> list[dict]:
 
 def _sd(values: list[float]) -> float | None:
     """The spread of a probe's replicates (None for one)."""
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 VAL_SCORE_LAST = 10  # Table II: "averaging the last 10 validation-loss measurements"
