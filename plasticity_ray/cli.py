@@ -101,14 +101,24 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from plasticity_ray.plan import format_plan, plan, plan_json
+
+    result = plan(_spec(args.spec), gpu=args.gpu, gpus=args.gpus, mfu=args.mfu)
+    print(json.dumps(plan_json(result), indent=2) if args.json else "\n".join(format_plan(result)))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from plasticity_ray.describe import describe
+    from plasticity_ray.plan import plan, summary_line
     from plasticity_ray.runtime import check_resources, init_ray
     from plasticity_ray.sweep.tune import run_sweep
 
     spec = _spec(args.spec, {"storage_path": args.storage})
     for line in describe(spec):
         print(line)
+    print(summary_line(plan(spec)))
     init_ray()
     for point in grid_points(spec):
         check_resources(with_overrides(spec, point))
@@ -131,7 +141,10 @@ def cmd_sweep(args) -> int:
 def cmd_submit(args) -> int:
     from plasticity_ray.submit import follow, submit
 
-    load_spec(args.spec)  # a broken spec fails here, not minutes later on the cluster
+    from plasticity_ray.plan import plan, summary_line
+
+    spec = load_spec(args.spec)  # a broken spec fails here, not minutes later on the cluster
+    print(summary_line(plan(spec)))
     client, job_id = submit(Path(args.spec), args.address, args.storage, args.extra)
     if not args.follow:
         return 0
@@ -219,6 +232,22 @@ def _level(text: str) -> float:
     return level
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a fraction in (0, 1], e.g. 0.45")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of at least 1")
+    return int(text)
+
+
 def cmd_fit_onset(args) -> int:
     from plasticity_ray.analysis.fits import fit_onsets, format_fits, read_onset_table
 
@@ -288,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
     train.add_argument("--storage", help="storage path for data, checkpoints and results")
     train.set_defaults(func=cmd_train)
+
+    plan = commands.add_parser("plan", help="what a spec will cost: tokens, FLOPs, GPU-hours, wall time and storage")
+    plan.add_argument("spec", metavar="SPEC")
+    plan.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100"], help="the GPU to plan for")
+    plan.add_argument("--gpus", type=_positive_int, default=8, help="GPUs the sweep runs on (default 8)")
+    plan.add_argument("--mfu", type=_fraction,
+                      help="model FLOPs utilisation (default: the newest results/bench record for the GPU, else 0.5)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=cmd_plan)
 
     sweep = commands.add_parser("sweep", help="run every trial of a spec's sweep (grid or Optuna search) on Ray Tune")
     sweep.add_argument("spec", metavar="SPEC")

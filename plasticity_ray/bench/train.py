@@ -29,8 +29,7 @@ H100_BF16_DENSE_FLOPS = 989e12
 
 
 def flops_per_token(spec: ExperimentSpec) -> float:
-    size, cfg = spec.model.resolved, model_config(spec)
-    return 6 * (size.non_embedding_params + cfg.vocab_size * size.hidden) + 12 * size.layers * size.hidden * spec.data.seq_len
+    return spec.model.resolved.flops_per_token(model_config(spec).vocab_size, spec.data.seq_len)
 
 
 def bench_spec(size: str, seq_len: int, batch_tokens: int, tokenizer: str) -> ExperimentSpec:

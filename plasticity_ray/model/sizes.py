@@ -45,6 +45,12 @@ class ModelSize:
         """Non-embedding parameters plus one tied token table and the position table."""
         return self.non_embedding_params + (vocab_size + context) * self.hidden
 
+    def flops_per_token(self, vocab_size: int, seq_len: int) -> int:
+        """Training FLOPs (forward and backward) per token, the PaLM/nanoGPT count: 6·(non-embedding
+        parameters + the output head's vocab·hidden) + 12·layers·hidden·seq_len for attention.
+        A forward pass alone is a third of it."""
+        return 6 * (self.non_embedding_params + vocab_size * self.hidden) + 12 * self.layers * self.hidden * seq_len
+
     @property
     def paper_lr(self) -> float:
         return paper_lr(self.hidden)
