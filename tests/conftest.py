@@ -1,10 +1,14 @@
 """One local Ray for the whole session (starting Ray costs seconds), and the demo data prepared once."""
 
 import os
+import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# No test reaches the Hugging Face Hub, and `datasets` caches what the tests load in a folder of theirs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="hf-datasets-"))
 
 import json
 from pathlib import Path

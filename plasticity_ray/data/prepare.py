@@ -98,6 +98,7 @@ class Prepared:
             entry[f"{key}_tokens"] = unit.rows * unit.row_len
             entry[f"{key}_rows"] = unit.rows
             entry[f"{key}_documents"] = info["documents"]
+            entry["reader"] = self.manifest["languages"][language].get("reader", "")
         return {"tokenizer": self.manifest["tokenizer"]["name"], "seq_len": self.manifest["seq_len"],
                 "path": str(self.root), "languages": languages}
 
@@ -106,7 +107,8 @@ def format_stats(stats: dict, usage: dict) -> str:
     """`data stats` as a table: per language its pools, and how many passes the run needs over each
     (`schedule.pool_usage`), or for the probe language what share of its pool one probe reads."""
     lines = [f"{stats['tokenizer']} tokens, rows of seq_len {stats['seq_len']} + 1, in {stats['path']}",
-             f"{'lang':<5} {'train tokens':>14} {'val tokens':>12} {'train docs':>10} {'val docs':>8}  pool passes"]
+             f"{'lang':<5} {'train tokens':>14} {'val tokens':>12} {'train docs':>10} {'val docs':>8}  "
+             f"{'read by':<28}  pool passes"]
     for lang, s in stats["languages"].items():
         use = usage.get(lang)
         if use is None:
@@ -117,7 +119,7 @@ def format_stats(stats: dict, usage: dict) -> str:
         else:
             note = f"{use['passes']}" + (" (rows repeat)" if use["passes"] > 1 else "")
         lines.append(f"{lang:<5} {s['train_tokens']:>14,} {s['val_tokens']:>12,} {s['train_documents']:>10,} "
-                     f"{s['val_documents']:>8,}  {note}")
+                     f"{s['val_documents']:>8,}  {s['reader']:<28}  {note}")
     return "\n".join(lines)
 
 
@@ -203,7 +205,8 @@ def _write_language(spec: ExperimentSpec, language: str, writers: dict[str, Unit
     docs = {s: 0 for s in SPLITS}
     tokens = {s: 0 for s in SPLITS}
     started, last_report = time.time(), time.time()
-    stream = documents(data, language).map_batches(
+    texts, reader = documents(data, language)
+    stream = texts.map_batches(
         tokenize_batch, fn_kwargs={"tokenizer": data.tokenizer}, batch_size=DOCS_PER_BATCH, batch_format="pyarrow"
     )
     for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -233,10 +236,11 @@ def _write_language(spec: ExperimentSpec, language: str, writers: dict[str, Unit
         s: writers[s].finish(documents=docs[s], source_tokens=tokens[s], dropped_tail_tokens=len(packers[s].tail))
         for s in SPLITS
     }
+    units["reader"] = reader
     elapsed = time.time() - started
     say(
         f"  {language}: train {units['train']['rows']:,} rows ({units['train']['tokens']:,} tokens), "
-        f"validation {units['validation']['rows']:,} rows; {sum(tokens.values()) / elapsed:,.0f} tokens/s"
+        f"validation {units['validation']['rows']:,} rows; {sum(tokens.values()) / elapsed:,.0f} tokens/s ({reader})"
     )
     return units
 

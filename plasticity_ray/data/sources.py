@@ -1,8 +1,11 @@
 """Where documents come from: one function, `documents(data_spec, language)`, three kinds of source.
 
-Each returns a Ray Dataset with the columns ``split`` ("train" or "validation") and ``text``.
+Each returns a Ray Dataset with the columns ``split`` ("train" or "validation") and ``text``, and
+which reader it took (what `data stats` shows):
 - builtin: the small corpus shipped in `plasticity_ray/data/builtin` (its own document-level split);
-- hf: a Hugging Face dataset's Parquet files (hub or local directory), read in parallel;
+- hf: a Hugging Face dataset (Hub or local directory): its Parquet files read in parallel by Ray
+  Data when it has them (CulturaX), else the config loaded by the `datasets` library and handed to
+  Ray Data with `ray.data.from_huggingface`;
 - files: the user's .txt (one document per line), .jsonl or .parquet files.
 For hf and files, a document goes to validation when a hash of its text falls below
 `validation_fraction`, so the split is by document and the same on every run.
@@ -27,16 +30,17 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN_BLOCK_DOCS = 64  # documents per block, so tokenization spreads over the workers
 
 
-def documents(data: DataSpec, language: str) -> ray.data.Dataset:
+def documents(data: DataSpec, language: str) -> tuple[ray.data.Dataset, str]:
+    """The language's documents, and the reader that produced them."""
     source = data.source
     if isinstance(source, BuiltinSource):
-        return _builtin(language)
+        return _builtin(language), "builtin"
     if isinstance(source, HFSource):
-        texts = _hf(source, language)
+        texts, reader = _hf(source, language)
     else:
-        texts = _files(source, language)
+        texts, reader = _files(source, language), "files"
     fraction = data.validation_fraction
-    return texts.map_batches(lambda b: _assign_split(b, fraction), batch_format="pyarrow")
+    return texts.map_batches(lambda b: _assign_split(b, fraction), batch_format="pyarrow"), reader
 
 
 def _builtin(language: str) -> ray.data.Dataset:
@@ -59,23 +63,97 @@ def _assign_split(batch: pa.Table, fraction: float) -> pa.Table:
     return pa.table({"split": splits, "text": texts})
 
 
-def _hf(source: HFSource, language: str) -> ray.data.Dataset:
+def _hf(source: HFSource, language: str) -> tuple[ray.data.Dataset, str]:
     config = source.configs.get(language, language)
-    pattern = source.data_files.format(config=config)
-    if os.path.isdir(source.dataset):
-        paths = sorted(glob.glob(os.path.join(source.dataset, pattern)))
-        filesystem = None
-    else:
-        from huggingface_hub import HfFileSystem
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
+    try:
+        paths, filesystem = _parquet_files(source, config) if source.reader != "datasets" else ([], None)
+        if paths:
+            ds = ray.data.read_parquet(paths, filesystem=filesystem)
+            if source.text_field not in ds.columns():
+                raise DataError(_no_text_field(source, config, ds.columns()))
+            reader = f"parquet ({len(paths)} file(s), parallel)"
+        elif source.reader == "parquet":
+            raise DataError(f"{language}: no files match {source.data_files.format(config=config)!r} in hf dataset "
+                            f"{source.dataset!r} (data.source.reader: parquet)")
+        else:
+            ds = ray.data.from_huggingface(_load_with_datasets(source, language, config))
+            reader = "datasets" + (" (streaming)" if source.streaming and not _is_local(source) else "")
+    except DataError:
+        raise
+    except Exception as err:  # the Hub's and `datasets`' own errors, in words
+        message = _hf_problem(source, language, config, err)
+        if message is None:
+            raise
+        raise DataError(message) from None
+    ds = ds.select_columns([source.text_field])
+    return (ds.rename_columns({source.text_field: "text"}) if source.text_field != "text" else ds), reader
 
-        hub = HfFileSystem(token=os.environ.get("HF_TOKEN"))
-        paths = sorted(hub.glob(f"datasets/{source.dataset}/{pattern}"))
-        filesystem = PyFileSystem(FSSpecHandler(hub))
-    if not paths:
-        raise DataError(f"{language}: no files match {pattern!r} in dataset {source.dataset!r}")
-    ds = ray.data.read_parquet(paths, filesystem=filesystem).select_columns([source.text_field])
-    return ds.rename_columns({source.text_field: "text"}) if source.text_field != "text" else ds
+
+def _is_local(source: HFSource) -> bool:
+    return os.path.isdir(os.path.expanduser(source.dataset))
+
+
+def _parquet_files(source: HFSource, config: str) -> tuple[list[str], object]:
+    """The Parquet files of a config, and the filesystem to read them with (None: local)."""
+    pattern = source.data_files.format(config=config)
+    if _is_local(source):
+        return sorted(glob.glob(os.path.join(os.path.expanduser(source.dataset), pattern))), None
+    from huggingface_hub import HfFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    hub = HfFileSystem(token=os.environ.get("HF_TOKEN"))
+    revision = f"@{source.revision}" if source.revision else ""
+    paths = sorted(hub.glob(f"datasets/{source.dataset}{revision}/{pattern}"))
+    return paths, PyFileSystem(FSSpecHandler(hub))
+
+
+def _load_with_datasets(source: HFSource, language: str, config: str):
+    import datasets
+
+    streaming = source.streaming and not _is_local(source)  # a local directory is read where it lies
+    name = os.path.expanduser(source.dataset)
+    token = os.environ.get("HF_TOKEN")
+    configs = datasets.get_dataset_config_names(name, revision=source.revision, token=token)
+    if config not in configs:
+        raise DataError(_no_config(source, language, config, configs))
+    ds = datasets.load_dataset(name, config, split=source.split, streaming=streaming, revision=source.revision,
+                               token=token)
+    columns = ds.column_names or []
+    if source.text_field not in columns:
+        raise DataError(_no_text_field(source, config, columns))
+    return ds.select_columns([source.text_field])
+
+
+def _no_config(source: HFSource, language: str, config: str, configs: list[str]) -> str:
+    return (f"hf dataset {source.dataset!r} has no config {config!r} for {language} (it has: {', '.join(configs)}); "
+            f"set data.source.configs.{language}")
+
+
+def _no_text_field(source: HFSource, config: str, columns: list[str]) -> str:
+    return (f"hf dataset {source.dataset!r} ({config}): no text field {source.text_field!r} "
+            f"(columns: {', '.join(columns)}); set data.source.text_field")
+
+
+def _hf_problem(source: HFSource, language: str, config: str, err: Exception) -> str | None:
+    """One line for what the Hub or `datasets` refused, or None for an error that is not the user's."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    name, text = source.dataset, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    causes, cause = [], err
+    while cause is not None and len(causes) < 10:  # the Hub's filesystem wraps what the Hub said
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, GatedRepoError) for c in causes) or "gated" in text.lower():
+        then = ("HF_TOKEN is set but its account has no access" if os.environ.get("HF_TOKEN")
+                else "set HF_TOKEN in the environment (it is unset)")
+        return f"hf dataset {name!r} is gated: accept its terms at https://huggingface.co/datasets/{name}, then {then}"
+    if text.startswith("Unknown split"):
+        return f"hf dataset {name!r} ({config}): {text} Set data.source.split"
+    if isinstance(err, RepositoryNotFoundError) or isinstance(err, FileNotFoundError):
+        return f"hf dataset {name!r}: not found on the Hub or as a local directory ({text})"
+    if isinstance(err, ConnectionError):
+        return f"hf dataset {name!r}: cannot reach the Hugging Face Hub ({text})"
+    return None
 
 
 def _files(source: FilesSource, language: str) -> ray.data.Dataset:

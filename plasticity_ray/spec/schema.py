@@ -90,19 +90,24 @@ class BuiltinSource(_Section):
 
 
 class HFSource(_Section):
-    """A Hugging Face dataset's Parquet files, read in parallel; the token comes from HF_TOKEN.
+    """A Hugging Face dataset: a Hub id (the token comes from HF_TOKEN) or a local dataset directory.
 
-    `dataset` is a hub repository (read through the hub's fsspec filesystem) or a local directory
-    with the same layout. `data_files` is a glob inside it, with {config} replaced by the
-    language's config (by default the language code, as in CulturaX: en/en_part_00000.parquet).
+    Each language reads its config (`configs`, by default the language code, as in CulturaX) and
+    `split`. `reader: auto` reads Parquet files matching `data_files` (a glob with {config}, e.g.
+    CulturaX's en/en_part_00000.parquet) in parallel with Ray Data when there are any, and otherwise
+    loads the config with the `datasets` library (JSON Lines, CSV, Parquet, Arrow, a README's
+    `configs:`; `streaming` for Hub datasets too big to download first) and hands it to Ray Data.
     """
 
     kind: Literal["hf"]
     dataset: str = "uonlp/CulturaX"
-    data_files: str = "{config}/*.parquet"
-    text_field: str = "text"
     configs: dict[Language, str] = Field(default_factory=dict)
-
+    split: str = "train"
+    text_field: str = "text"
+    reader: Literal["auto", "parquet", "datasets"] = "auto"
+    data_files: str = "{config}/*.parquet"  # the Parquet reader's glob inside the dataset
+    streaming: bool = False  # the datasets reader on a Hub dataset: stream it instead of downloading it first
+    revision: str | None = None  # a Hub branch, tag or commit
 
 class FilesSource(_Section):
     """The user's own .txt / .jsonl / .parquet files (paths or globs) per language."""

@@ -2,9 +2,14 @@
 
 import json
 import lzma
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 
@@ -221,3 +226,113 @@ def test_a_manifest_that_does_not_match_the_spec_is_refused(demo_prepared, demo_
     with pytest.raises(DataError, match="does not match"):
         prepare(spec, **QUIET)
     assert json.loads(manifest_path.read_text())["seq_len"] == 64  # left as it was
+
+
+def _hf_dataset_dir(root, layout: str, configs: dict[str, str]):
+    """A local Hugging Face dataset directory: one config per language, declared in the README's
+    `configs:` as on the Hub, files at data/<config>/part-<n>.<layout>, the text in column "body"."""
+    header = ["---", "configs:"]
+    for language, config in configs.items():
+        folder = root / "data" / config
+        folder.mkdir(parents=True)
+        docs = _docs(language)
+        for part in range(2):
+            rows = {"body": docs[part::2], "id": list(range(len(docs[part::2])))}
+            path = folder / f"part-{part}.{layout}"
+            if layout == "jsonl":
+                path.write_text("".join(json.dumps({"body": b, "id": i}) + "\n" for b, i in zip(rows["body"], rows["id"])))
+            elif layout == "csv":
+                pa.csv.write_csv(pa.table(rows), path)
+            else:
+                pq.write_table(pa.table(rows), path)
+        header += [f"- config_name: {config}", "  data_files:", "  - split: train", f"    path: data/{config}/*.{layout}"]
+    (root / "README.md").write_text("\n".join([*header, "---", ""]))
+    return root
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "csv", "parquet"])
+def test_hf_source_loads_a_local_dataset_with_configs_through_datasets(ray_session, tmp_path, layout, capsys):
+    root = _hf_dataset_dir(tmp_path / f"ds-{layout}", layout, {"en": "english", "zh": "zh", "vi": "vietnamese"})
+    source = {"kind": "hf", "dataset": str(root), "text_field": "body", "configs": {"en": "english", "vi": "vietnamese"}}
+    spec = _small_spec(tmp_path, source)
+    prepared = prepare(spec, **QUIET)
+    tok = ByteTokenizer()
+    for lang in ("en", "zh", "vi"):
+        data = prepared.unit(lang, "train").read_all().reshape(-1)
+        pieces = np.split(data, np.flatnonzero(data == tok.eot_id) + 1)
+        seen = {tok.decode(p[:-1]) for p in pieces if len(p) and p[-1] == tok.eot_id}
+        assert seen and seen <= set(_docs(lang)), lang  # each language read its own config
+        assert prepared.stats()["languages"][lang]["reader"] == "datasets"
+    assert main(["data", "stats", _spec_file(spec)]) == 0
+    assert "datasets" in capsys.readouterr().out  # `data stats` says which reader
+
+
+def test_hf_source_keeps_the_parallel_parquet_read_and_says_so(ray_session, tmp_path):
+    root = tmp_path / "hub-layout"
+    for lang in ("en", "zh", "vi"):
+        (root / lang).mkdir(parents=True)
+        pq.write_table(pa.table({"text": _docs(lang)}), root / lang / f"{lang}_part_00000.parquet")
+    stats = prepare(_small_spec(tmp_path, {"kind": "hf", "dataset": str(root)}), **QUIET).stats()
+    assert {s["reader"] for s in stats["languages"].values()} == {"parquet (1 file(s), parallel)"}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"configs": {"zh": "chinese"}}, "hf dataset '{root}' has no config 'chinese' for zh (it has: en, zh, vi); "
+                                     "set data.source.configs.zh"),
+    ({"text_field": "content"}, "hf dataset '{root}' (en): no text field 'content' (columns: body, id); "
+                                "set data.source.text_field"),
+    ({"split": "test"}, "hf dataset '{root}' (en): Unknown split \"test\". Should be one of ['train']. "
+                        "Set data.source.split"),
+    ({"reader": "parquet"}, "en: no files match 'en/*.parquet' in hf dataset '{root}' (data.source.reader: parquet)"),
+], ids=["config", "text-field", "split", "no-parquet"])
+def test_hf_source_bad_input_is_one_line_and_keeps_what_was_prepared(ray_session, tmp_path, change, message):
+    root = _hf_dataset_dir(tmp_path / "ds", "jsonl", {"en": "en", "zh": "zh", "vi": "vi"})
+    spec = _small_spec(tmp_path, {"kind": "hf", "dataset": str(root), "text_field": "body", **change})
+    if change.get("configs"):  # en is prepared before zh fails: it stays
+        with pytest.raises(DataError, match="^" + re.escape(message.format(root=root)) + "$"):
+            prepare(spec, **QUIET)
+        assert "en" in json.loads((prepared_root(spec) / "manifest.json").read_text())["languages"]
+        return
+    with pytest.raises(DataError) as err:
+        prepare(spec, **QUIET)
+    assert str(err.value) == message.format(root=root)
+
+
+GATED_SERVER = """
+import http.server, json, os, sys, threading
+MESSAGE = "Access to dataset org/secret is restricted. You must have access to it and be authenticated to access it."
+class Hub(http.server.BaseHTTPRequestHandler):  # what the Hub answers for a gated dataset without a token
+    def answer(self):
+        body = json.dumps({"error": MESSAGE}).encode()
+        self.send_response(401)
+        self.send_header("X-Error-Code", "GatedRepo")
+        self.send_header("X-Error-Message", MESSAGE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_HEAD = answer
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+from plasticity_ray.data.shards import DataError
+from plasticity_ray.data.sources import documents
+from plasticity_ray.spec import DataSpec
+try:
+    documents(DataSpec(source={"kind": "hf", "dataset": "org/secret", "reader": sys.argv[1]}, tokenizer="byte"), "en")
+except DataError as err:
+    print(err)
+"""
+
+
+@pytest.mark.parametrize("reader", ["auto", "datasets"])
+def test_a_gated_dataset_without_a_token_says_what_to_do(reader):
+    """The real `huggingface_hub` and `datasets` clients against a local server answering as the Hub
+    does for a gated dataset (HTTP 401, X-Error-Code: GatedRepo)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
+    done = subprocess.run([sys.executable, "-c", GATED_SERVER, reader], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.stdout.strip() == ("hf dataset 'org/secret' is gated: accept its terms at "
+                                   "https://huggingface.co/datasets/org/secret, then set HF_TOKEN in the environment "
+                                   "(it is unset)"), done.stderr[-2000:]
