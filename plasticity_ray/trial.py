@@ -34,6 +34,7 @@ from plasticity_ray.train.checkpoint import check, checkpoints
 from plasticity_ray.train.hooks import Hooks, probe_ordinal
 from plasticity_ray.train.loop import Trainer
 from plasticity_ray.train.recipe import model_config
+from plasticity_ray.tracking import RunTracking, finished as tracking_finished
 
 
 def run_id(spec: ExperimentSpec) -> str:
@@ -75,12 +76,18 @@ def progress_line(spec: ExperimentSpec, row: dict, started: float, first_tokens:
     )
 
 
-class _ProgressTail(threading.Thread):
-    """Prints each new metrics row of the run as one progress line (reads storage, not the workers)."""
+TRACKED_JOBS_EVERY_S = 15.0  # how often the trackers are sent the probe and diagnostics jobs that finished
 
-    def __init__(self, spec: ExperimentSpec, path: Path, say: Callable[[str], None], interval: float = 2.0):
+
+class _ProgressTail(threading.Thread):
+    """Prints each new metrics row of the run as one progress line (reads storage, not the workers),
+    and hands it to the run's trackers."""
+
+    def __init__(self, spec: ExperimentSpec, path: Path, say: Callable[[str], None], interval: float = 2.0,
+                 tracking: RunTracking | None = None):
         super().__init__(daemon=True)
-        self.spec, self.path, self.say, self.interval = spec, path, say, interval
+        self.spec, self.path, self.say, self.interval, self.tracking = spec, path, say, interval, tracking
+        self.jobs_checked = time.time()
         self.stop = threading.Event()
         self.offset = path.stat().st_size if path.exists() else 0
         self.started, self.first_tokens = time.time(), None
@@ -92,6 +99,12 @@ class _ProgressTail(threading.Thread):
         self.poll()
 
     def poll(self) -> None:
+        self._read_rows()
+        if self.tracking is not None and time.time() - self.jobs_checked > TRACKED_JOBS_EVERY_S:
+            self.tracking.jobs()
+            self.jobs_checked = time.time()
+
+    def _read_rows(self) -> None:
         if not self.path.exists():
             return
         if self.path.stat().st_size < self.offset:
@@ -109,6 +122,8 @@ class _ProgressTail(threading.Thread):
                 if row.get("global_step", 0) <= self.last_step:
                     continue  # printed before the rewrite
                 self.last_step = row.get("global_step", self.last_step)
+                if self.tracking is not None:
+                    self.tracking.training_row(row)
                 if self.first_tokens is None:
                     self.first_tokens, self.started = row["tokens_seen"], row["time"]
                     continue
@@ -209,8 +224,11 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     metrics = directory / METRICS_FILE
     if (directory / COMPLETE_FILE).exists():
         say(f"{directory}: already complete")
+        tracking = None if tracking_finished(directory) else RunTracking.open(spec, directory, say)
         if spec.probe.enabled:
             _finish_probes(spec, directory, say)
+        if tracking is not None:
+            tracking.finish(ok=True)
         return _summary(directory)
     saved = checkpoints(directory)  # checked first: a bad checkpoint stops us before any work
     position = check(saved[-1], model_config(spec))["position"] if saved else None
@@ -223,16 +241,23 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     )
     if position is not None:
         say(f"resuming from {saved[-1].name} (task {position['task'] + 1}, step {position['step']})")
+    tracking = RunTracking.open(spec, directory, say)  # a tracker that cannot start stops us here
     service = get_service(spec) if spec.probe.enabled else None
     if service is not None and spec.probe.baseline:
         service.submit.remote(spec.model_dump(mode="json"), baseline_request(spec, directory))
-    tail = _ProgressTail(spec, metrics, say)
+    tail = _ProgressTail(spec, metrics, say, tracking=tracking)
     tail.start()
+    summary = None
     try:
         build_trainer(spec, directory, callbacks).fit()
+        tail.stop.set()
+        tail.join()
+        if service is not None:
+            _finish_probes(spec, directory, say)
+        summary = _summary(directory)
     finally:
         tail.stop.set()
         tail.join()
-    if service is not None:
-        _finish_probes(spec, directory, say)
-    return _summary(directory)
+        if tracking is not None:
+            tracking.finish(ok=summary is not None and summary.complete)
+    return summary

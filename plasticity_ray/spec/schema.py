@@ -263,6 +263,31 @@ class AlarmSpec(_Section):
     adaptation_ratio_below: PositiveFloat | None = 0.5
 
 
+class MlflowTracking(_Section):
+    """One MLflow run per trial in `experiment` (None: the spec's name) at `tracking_uri` (None:
+    MLflow's own default, MLFLOW_TRACKING_URI)."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class WandbTracking(_Section):
+    """One Weights & Biases run per trial. offline: written next to the run (`wandb sync` uploads it
+    later); online needs WANDB_API_KEY or `wandb login`."""
+
+    project: str
+    entity: str | None = None
+    mode: Literal["online", "offline"] = "online"
+    dir: str | None = None  # where W&B keeps its files; None: the run directory
+
+
+class TrackingSpec(_Section):
+    """Experiment trackers that receive each run's rows as they land in storage (off by default)."""
+
+    mlflow: MlflowTracking | None = None
+    wandb: WandbTracking | None = None
+
+
 class DebugSpec(_Section):
     fail_at_step: Annotated[int, Ge(0)] | None = None  # crash one worker once at this global step
     fail_by: Literal["exception", "sigkill"] = "exception"  # sigkill: the worker process dies outright
@@ -365,6 +390,7 @@ class ExperimentSpec(_Section):
     sweep: SweepSpec = Field(default_factory=SweepSpec, json_schema_extra=NOT_TRAINED)
     debug: DebugSpec = Field(default_factory=DebugSpec, json_schema_extra=NOT_TRAINED)
     alarms: AlarmSpec = Field(default_factory=AlarmSpec, json_schema_extra=NOT_TRAINED)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, json_schema_extra=NOT_TRAINED)
     mitigations: list[Mitigation] = Field(default_factory=list)  # applied in the listed order
     # The run's name in tables and figures (a sweep sets its variant's name).
     label: str | None = Field(None, json_schema_extra=NOT_TRAINED)

@@ -26,6 +26,7 @@ from plasticity_ray.rundir import SPEC_FILE
 from plasticity_ray.storage import storage_dir
 from plasticity_ray.analysis.runs import load_run
 from plasticity_ray.sweep.results import trial
+from plasticity_ray.tracking import track_group_verdicts
 from plasticity_ray.trial import experiment_dir, run_dir, run_training
 
 TUNE_DIR = "tune"  # <experiment dir>/tune: Tune's own state, result tables and TensorBoard files
@@ -175,6 +176,8 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
             break  # interrupted (Ctrl-C): the probe service keeps the jobs it has, for --resume
     if not unfinished:
         close_service(spec)
+        if spec.tracking.mlflow or spec.tracking.wandb:
+            track_group_verdicts(experiment_dir(spec), say)
     return SweepSummary(experiment_dir(spec), trials, errors, unfinished)
 
 

@@ -53,9 +53,16 @@ def _results_json(experiment_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def killed_once(demo_prepared, demo_spec, tmp_path_factory):
     """Every trial's worker is SIGKILLed once at step 13; Ray Train may not restart it (max_failures 0),
-    so only Tune's retry of the whole trial can finish the sweep."""
-    spec = _tiny(demo_spec, tmp_path_factory.mktemp("killed"), **{
+    so only Tune's retry of the whole trial can finish the sweep. Both trackers watch: MLflow on a
+    local SQLite store (made first, as a user's would be) and W&B in offline mode."""
+    from mlflow import MlflowClient
+
+    storage = tmp_path_factory.mktemp("killed")
+    MlflowClient(f"sqlite:///{storage}/mlflow.db").search_experiments()  # creates the store's tables
+    spec = _tiny(demo_spec, storage, **{
         "debug.fail_at_step": 13, "debug.fail_by": "sigkill", "train.max_failures": 0, "sweep.max_failures": 1,
+        "tracking.mlflow": {"tracking_uri": f"sqlite:///{storage}/mlflow.db"},
+        "tracking.wandb": {"project": "plasticity-tests", "mode": "offline"},
     })
     return spec, run_sweep(spec, **QUIET)
 
@@ -100,6 +107,83 @@ def test_analyze_draws_what_the_sweep_measured_and_names_what_it_did_not(killed_
     assert "skipped fig6_dormant_layers: no dormant_units diagnostics" in out
     assert "skipped fig7_attention: no attention_entropy diagnostics" in out
     assert len(list(csv.DictReader(open(analysis / "onsets.csv")))) == 2
+
+
+def _expected(run: Path) -> tuple[list[int], dict[int, float]]:
+    """What the run directory holds: its logged steps and its probe AUCs by tasks trained."""
+    from plasticity_ray.rundir import METRICS_FILE, PROBES, read_job_rows, read_jsonl
+
+    steps = [r["global_step"] for r in read_jsonl(run / METRICS_FILE)]
+    aucs = {r["task_index"] + 1: r["auc"] for r in read_job_rows(run, PROBES) if r.get("checkpoint")}
+    return steps, aucs
+
+
+def test_mlflow_holds_each_trial_once_through_the_kill_and_retry(killed_once):
+    from mlflow import MlflowClient
+
+    spec, summary = killed_once
+    client = MlflowClient(spec.tracking.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([experiment.experiment_id])
+    run_dirs = sorted(p.name for p in summary.experiment_dir.iterdir() if (p / COMPLETE_FILE).exists())
+    assert sorted(r.data.tags["plasticity_ray.run_id"] for r in runs) == run_dirs  # one tracker run per trial
+    for run in runs:
+        directory = summary.experiment_dir / run.data.tags["plasticity_ray.run_id"]
+        steps, aucs = _expected(directory)
+        assert run.info.status == "FINISHED" and run.data.params["model.size"] == directory.name.split("_")[0]
+        loss = client.get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in loss] == steps == list(range(2, spec.tasks * spec.steps_per_task + 1, 2))
+        assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "probe/auc")} == aucs
+        assert len(client.get_metric_history(run.info.run_id, "diagnostics/weight_magnitude")) == len(aucs)
+        assert run.data.tags["result/onset"] and run.data.tags["group/verdict"]
+        assert "group/message" in run.data.tags and "result/auc_change_percent" in run.data.metrics
+
+
+def _wandb_records(run_dir: Path) -> list:
+    """Every record W&B wrote offline for a run (each retry of the trial resumed the same run id):
+    the .wandb files are LevelDB-style logs (7-byte header, then records of checksum, length and
+    type in 32 KiB blocks) of W&B's protobuf records."""
+    from wandb.proto import wandb_internal_pb2
+
+    records = []
+    for path in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
+        data, position, pending = path.read_bytes(), 7, b""
+        assert data[:4] == b":W&B"
+        while position + 7 <= len(data):
+            if 32768 - position % 32768 < 7:  # a block's zero-filled end
+                position += 32768 - position % 32768
+                continue
+            length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+            if kind == 0:
+                break
+            pending += data[position + 7:position + 7 + length]
+            position += 7 + length
+            if kind in (1, 4):  # a whole record, or the last piece of one
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(pending)
+                records.append(record)
+                pending = b""
+    return records
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def test_wandb_offline_holds_each_trial_once_through_the_kill_and_retry(killed_once):
+    spec, summary = killed_once
+    for directory in (p for p in summary.experiment_dir.iterdir() if (p / COMPLETE_FILE).exists()):
+        steps, aucs = _expected(directory)
+        records = _wandb_records(directory)
+        history = [{_key(i): json.loads(i.value_json) for i in r.history.item} for r in records
+                   if r.WhichOneof("record_type") == "history"]
+        assert [h["global_step"] for h in history if "train/loss" in h] == steps
+        assert {h["tasks_trained"]: h["probe/auc"] for h in history if "probe/auc" in h} == aucs
+        summary_keys = {_key(i) for r in records if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+        assert {"result/onset", "group/verdict", "probe/baseline_auc"} <= summary_keys
+        config = {_key(i): json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "run"
+                  for i in r.run.config.update}  # the spec, as the run's config
+        assert config["model"]["size"] == directory.name.split("_")[0]
 
 
 def test_the_probe_service_is_closed_after_the_sweep(killed_once, ray_session):
