@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from plasticity_ray.errors import UserError
+from plasticity_ray.storage import as_path
 from plasticity_ray.spec import ExperimentSpec, SpecError, grid_points, load_spec, with_overrides
 
 
@@ -160,7 +161,7 @@ def cmd_probe_or_diagnose(args) -> int:
     if args.command == "probe" and args.checkpoint is None and not args.baseline:
         raise UserError("probe: give a CHECKPOINT, or --baseline to probe a freshly initialised model")
     spec = load_spec(args.spec)
-    path = Path(args.checkpoint) if args.checkpoint else None
+    path = as_path(args.checkpoint) if args.checkpoint else None
     if path is not None:
         spec = checkpoint_spec(spec, path)  # the size, LR and seed the checkpoint was trained with
     prepared = load_prepared(spec)
@@ -178,7 +179,7 @@ def cmd_probe_or_diagnose(args) -> int:
 
 
 def cmd_results(args) -> int:
-    experiment_dir = Path(args.experiment_dir)
+    experiment_dir = as_path(args.experiment_dir)
     if args.lr_grid:
         from plasticity_ray.sweep.lr_grid import format_lr_grid, write_lr_grid
 
@@ -211,7 +212,8 @@ def _print_results(experiment_dir: Path, probes: bool, output: str = "table", gr
 
 
 def cmd_analyze(args) -> int:
-    return _print_analysis([Path(d) for d in args.experiment_dirs], Path(args.out) if args.out else None, args.level)
+    return _print_analysis([as_path(d) for d in args.experiment_dirs], as_path(args.out) if args.out else None,
+                           args.level)
 
 
 def _print_analysis(dirs: list[Path], out: Path | None = None, level: float | None = None) -> int:
@@ -337,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="submit a sweep to a Ray cluster as a Ray job (arguments after -- go to `sweep`, e.g. -- --resume)")
     submit.add_argument("spec", metavar="SPEC", help="spec file inside this project (the job uploads the project)")
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    submit.add_argument("--storage", help="storage path on the cluster (shared storage mounted on every node, e.g. NFS)")
+    submit.add_argument("--storage",
+                        help="storage path on the cluster: shared storage (NFS mounted on every node, or s3://bucket/prefix)")
     submit.add_argument("--follow", action="store_true", help="print the job's logs until it ends; exit 0 if it succeeded")
     submit.set_defaults(func=cmd_submit)
 

@@ -116,7 +116,7 @@ def read_jsonl(path: Path, key: tuple[str, ...] = ("task", "step")) -> list[dict
     if not path.exists():
         return []
     rows: dict = {}
-    with open(path, encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         for line in f:
             try:
                 row = json.loads(line)

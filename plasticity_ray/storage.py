@@ -1,25 +1,122 @@
-"""Writing results without ever leaving half a file: write to a temporary name, then rename."""
+"""Where results live — a local (or mounted) directory, or object storage (s3://, gs://) — and writing
+them without ever leaving half a file.
+
+Paths are `upath.UPath`s: a local path is a `pathlib.Path`, an object-store URI the same interface
+over fsspec (s3fs, gcsfs). A file system gets a temporary name, then a rename; object storage has no
+rename, so an object is written whole in one request (it exists complete or not at all), and a
+directory of several objects is made visible by an object written last (a checkpoint's state.json,
+a prepared unit's manifest entry). Appending to an object rewrites it whole.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 from pathlib import Path
 
+from upath import UPath
 
-def storage_dir(storage_path: str) -> Path:
-    """The local (or mounted, e.g. NFS) directory behind a spec's storage_path."""
-    if "://" in storage_path and not storage_path.startswith("file://"):
-        raise ValueError(f"storage_path: {storage_path!r}: needs a local or mounted (NFS) path")
-    return Path(storage_path.removeprefix("file://")).expanduser()
+from plasticity_ray.errors import UserError
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+class StorageError(UserError):
+    """A storage location that cannot be used; the message names the bucket or directory."""
+
+
+def as_path(location: str | os.PathLike) -> UPath:
+    """A local path or an object-store URI as a path (local ones expanded and absolute)."""
+    if isinstance(location, UPath) and not is_local(location):
+        return location
+    text = os.fspath(location)
+    if "://" in text and not text.startswith("file://"):
+        # No cached listings: other processes (workers, the probe service) add objects all the time.
+        return UPath(text, use_listings_cache=False)
+    return UPath(Path(text.removeprefix("file://")).expanduser().resolve())
+
+
+def storage_dir(storage_path: str) -> UPath:
+    """The directory or bucket prefix behind a spec's storage_path."""
+    return as_path(storage_path)
+
+
+def is_local(path: os.PathLike) -> bool:
+    return isinstance(path, Path) and not (isinstance(path, UPath) and path.protocol not in ("", "file", "local"))
+
+
+def uri(path: os.PathLike) -> str:
+    """What Ray, pyarrow and the other processes are handed: a local path or a full URI."""
+    return os.fspath(path) if is_local(path) else str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _arrow_filesystem(root: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(root)[0]
+
+
+def arrow_location(path: os.PathLike):
+    """(pyarrow filesystem, path in it) for pyarrow readers and writers; None for a local path."""
+    if is_local(path):
+        return None, os.fspath(path)
+    return _arrow_filesystem(f"{path.protocol}://{path.path.split('/', 1)[0]}"), path.path
+
+
+def check_storage(storage_path: str) -> None:
+    """Fail early, in one line, when object storage cannot be written: no such bucket, or no access."""
+    root = storage_dir(storage_path)
+    if is_local(root):
+        return
+    probe = root / ".plasticity-ray-write-check"
+    bucket = f"{root.protocol}://{root.path.split('/', 1)[0]}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except FileNotFoundError:
+        raise StorageError(f"storage_path: {storage_path}: bucket {bucket} does not exist") from None
+    except PermissionError:
+        raise StorageError(f"storage_path: {storage_path}: access to {bucket} denied (check the credentials)") from None
+    except OSError as err:
+        raise StorageError(f"storage_path: {storage_path}: cannot write ({err})") from None
+
+
+def write_bytes_atomic(path: os.PathLike, data: bytes) -> None:
+    path = as_path(path)
+    if not is_local(path):
+        path.write_bytes(data)  # one object, one request: whole or absent
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: Path, payload: dict | list) -> None:
+def write_json_atomic(path: os.PathLike, payload: dict | list) -> None:
     write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def append_text(path: os.PathLike, text: str) -> None:
+    """Append to a file (flushed to disk); on object storage the object is rewritten whole."""
+    path = as_path(path)
+    if not is_local(path):
+        before = path.read_bytes() if path.exists() else b""
+        path.write_bytes(before + text.encode("utf-8"))
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def remove_tree(path: os.PathLike) -> None:
+    """Remove a directory and everything in it, if it is there."""
+    path = as_path(path)
+    if is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        path.fs.rm(path.path, recursive=True)
+    except FileNotFoundError:
+        pass

@@ -13,6 +13,7 @@ storage instead. A tracker that fails mid-run is dropped with one warning; train
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import time
@@ -25,7 +26,7 @@ from plasticity_ray.analysis.runs import load_run, load_runs
 from plasticity_ray.errors import UserError
 from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, METRICS_FILE, PROBES, read_job_rows, read_jsonl
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.storage import write_json_atomic
+from plasticity_ray.storage import is_local, uri, write_json_atomic
 from plasticity_ray.sweep.results import trial
 
 STATE_FILE = "tracking.json"
@@ -63,16 +64,23 @@ def _flat(values: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _require(package: str):
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise TrackerError(f"tracking.{package}: the {package} package is not installed "
+                           "(pip install -e '.[tracking]')") from None
+
+
 class MlflowTracker:
     name = "mlflow"
 
     def __init__(self, spec: ExperimentSpec, run_dir: Path):
         config = spec.tracking.mlflow
-        try:
-            from mlflow import MlflowClient
-            from mlflow.entities import Metric, Param
-        except ImportError:
-            raise TrackerError("tracking.mlflow: the mlflow package is not installed (pip install -e '.[tracking]')") from None
+        _require("mlflow")
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param
+
         self._metric = Metric
         experiment = config.experiment or spec.name
         try:
@@ -114,16 +122,14 @@ class WandbTracker:
 
     def __init__(self, spec: ExperimentSpec, run_dir: Path):
         config = spec.tracking.wandb
-        try:
-            import wandb
-        except ImportError:
-            raise TrackerError("tracking.wandb: the wandb package is not installed (pip install -e '.[tracking]')") from None
+        wandb = _require("wandb")
         # The same tracker run whenever this run directory is trained again (W&B ids allow no dots).
         run_id = hashlib.sha256(f"{spec.name}/{run_dir.name}".encode()).hexdigest()[:16]
         try:
             self.run = wandb.init(
                 project=config.project, entity=config.entity, mode=config.mode, name=run_dir.name, id=run_id,
-                resume="allow", config=spec.model_dump(mode="json"), dir=config.dir or str(run_dir),
+                resume="allow", config=spec.model_dump(mode="json"),
+                dir=config.dir or (uri(run_dir) if is_local(run_dir) else None),  # W&B writes local files
                 reinit="create_new", settings=wandb.Settings(quiet=True, console="off"),
             )
         except wandb.errors.UsageError as err:

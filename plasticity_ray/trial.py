@@ -29,7 +29,7 @@ from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
 from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, read_jsonl
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
-from plasticity_ray.storage import storage_dir, write_json_atomic
+from plasticity_ray.storage import append_text, as_path, check_storage, is_local, storage_dir, uri, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
 from plasticity_ray.train.hooks import Hooks, probe_ordinal
 from plasticity_ray.train.loop import Trainer
@@ -46,7 +46,7 @@ def run_id(spec: ExperimentSpec) -> str:
 
 
 def experiment_dir(spec: ExperimentSpec) -> Path:
-    return storage_dir(spec.storage_path).resolve() / spec.name
+    return storage_dir(spec.storage_path) / spec.name
 
 
 def run_dir(spec: ExperimentSpec) -> Path:
@@ -109,7 +109,7 @@ class _ProgressTail(threading.Thread):
             return
         if self.path.stat().st_size < self.offset:
             self.offset = 0  # rewritten: a resumed run drops the rows logged after its checkpoint
-        with open(self.path, encoding="utf-8") as f:
+        with self.path.open(encoding="utf-8") as f:
             f.seek(self.offset)
             for line in f:
                 if not line.endswith("\n"):
@@ -132,8 +132,7 @@ class _ProgressTail(threading.Thread):
 
 def record_probe_point(point: ProbePoint) -> None:
     """List the point in the run's probe_points.jsonl."""
-    with open(Path(point.run_dir) / PROBE_POINTS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(asdict(point)) + "\n")
+    append_text(as_path(point.run_dir) / PROBE_POINTS_FILE, json.dumps(asdict(point)) + "\n")
 
 
 def submit_to_probe_service(spec: ExperimentSpec) -> Callable[[ProbePoint], None]:
@@ -170,7 +169,7 @@ def train_worker(config: dict) -> None:
         handler.addFilter(_WithoutReportLines())
     spec = ExperimentSpec.model_validate(config["spec"])
     context = ray.train.get_context()
-    trainer = Trainer(spec, Path(config["run_dir"]), context.get_world_rank(), context.get_world_size(),
+    trainer = Trainer(spec, as_path(config["run_dir"]), context.get_world_rank(), context.get_world_size(),
                       ray.train.torch.get_device(), default_hooks(spec))
     trainer.run()
 
@@ -187,7 +186,7 @@ def build_trainer(spec: ExperimentSpec, directory: Path, callbacks: list | None 
             num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
-            name=directory.name, storage_path=str(directory.parent),
+            name=directory.name, storage_path=uri(directory.parent),
             failure_config=ray.train.FailureConfig(max_failures=spec.train.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress comes from our own rows
             callbacks=callbacks,
@@ -219,7 +218,8 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     """Train one run of `spec` to the end (or continue it) and wait for its probes; data is prepared
     first if needed. `callbacks` go to Ray Train (a sweep passes Tune's report callback)."""
     # Workers run in their own working directory: hand them an absolute storage path.
-    spec = with_overrides(spec, {"storage_path": str(storage_dir(spec.storage_path).resolve())})
+    spec = with_overrides(spec, {"storage_path": uri(storage_dir(spec.storage_path))})
+    check_storage(spec.storage_path)
     directory = run_dir(spec)
     metrics = directory / METRICS_FILE
     if (directory / COMPLETE_FILE).exists():
@@ -233,7 +233,8 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     saved = checkpoints(directory)  # checked first: a bad checkpoint stops us before any work
     position = check(saved[-1], model_config(spec))["position"] if saved else None
     prepare(spec, say=say)
-    directory.mkdir(parents=True, exist_ok=True)
+    if is_local(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / SPEC_FILE, spec.model_dump(mode="json"))
     say(
         f"training {spec.model.size} (lr {spec.lr:.3g}, seed {spec.seed}) on {spec.resources.workers} worker(s): "

@@ -1,6 +1,7 @@
 """One local Ray for the whole session (starting Ray costs seconds), and the demo data prepared once."""
 
 import os
+import socket
 import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -9,6 +10,13 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # No test reaches the Hugging Face Hub, and `datasets` caches what the tests load in a folder of theirs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="hf-datasets-"))
+# The S3 the object-storage tests use: a moto server on 127.0.0.1 (`s3_server`), on a port chosen now
+# so that every process Ray starts for the session knows the endpoint.
+with socket.socket() as _free:
+    _free.bind(("127.0.0.1", 0))
+    S3_PORT = _free.getsockname()[1]
+os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "testing",
+                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
 
 import json
 from pathlib import Path
@@ -35,6 +43,18 @@ TEST_OVERRIDES = {
     "probe.extended": {"languages": ["es"]}, "probe.tokens": "64K", "probe.eval_every": 2,
     "train.report_every": 64, "train.checkpoint_every": 64, "sweep.grid": {"model.size": ["L1-d64", "L2-d128"]},
 }
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 (moto's server) on the session's port; yields a boto3 client for it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield boto3.client("s3")
+    server.stop()
 
 
 @pytest.fixture(scope="session")

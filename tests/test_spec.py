@@ -151,7 +151,8 @@ BAD_SPECS = {
     "pool mapping misses a language": ("data: {languages: [en, zh], train_tokens: {en: 1e9, zh: 1e9}}",
                                        "data.train_tokens: no entry for vi"),
     "bad explicit point": ("sweep: {points: [{model.size: 9M}]}", "sweep.points[0]: model.size: unknown size '9M'"),
-    "object storage": ("storage_path: s3://bucket/runs", "storage_path: 's3://bucket/runs': object storage is not supported yet"),
+    "unknown storage": ("storage_path: hdfs://namenode/runs", "storage_path: 'hdfs://namenode/runs': use a local or "
+                        "mounted directory, s3://bucket/prefix or gs://bucket/prefix"),
     "grid and variant clash": ("sweep: {grid: {data.seq_len: [2048, 4096]}, variants: {big: {batch.global_tokens: 6144}}}",
                                "sweep point (data.seq_len=4096, variant big): batch.global_tokens: 6144 is not a multiple "
                                "of data.seq_len 4096"),

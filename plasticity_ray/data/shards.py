@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plasticity_ray.errors import UserError
+from plasticity_ray.storage import arrow_location, is_local, remove_tree
 
 ROW_GROUP_ROWS = 128
 ROW_GROUPS_PER_SHARD = 256  # 32,768 rows: 268 MB of int32 at seq_len 2048
@@ -36,7 +36,7 @@ class DataError(UserError):
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -63,10 +63,14 @@ class UnitWriter:
 
     def __init__(self, root: Path, language: str, split: str, row_len: int):
         self.final_dir = root / language / f"{split}"
-        self.partial_dir = root / language / f".{split}.partial"
+        # Object storage has no rename: shards go straight to their place, which counts only once the
+        # manifest lists them (written after).
+        self.local = is_local(root)
+        self.partial_dir = root / language / f".{split}.partial" if self.local else self.final_dir
         self.language, self.split, self.row_len = language, split, row_len
-        shutil.rmtree(self.partial_dir, ignore_errors=True)  # a crashed earlier attempt
-        self.partial_dir.mkdir(parents=True)
+        remove_tree(self.partial_dir)  # a crashed earlier attempt
+        if self.local:
+            self.partial_dir.mkdir(parents=True)
         self.schema = pa.schema([pa.field("ids", pa.list_(pa.int32(), row_len))])
         self.shards: list[dict] = []
         self.rows = 0  # written
@@ -85,7 +89,8 @@ class UnitWriter:
     def _write_group(self, rows: np.ndarray) -> None:
         if self._writer is None:
             name = f"shard-{len(self.shards):05d}.parquet"
-            self._writer = pq.ParquetWriter(self.partial_dir / name, self.schema, compression="zstd")
+            filesystem, where = arrow_location(self.partial_dir / name)
+            self._writer = pq.ParquetWriter(where, self.schema, filesystem=filesystem, compression="zstd")
             self.shards.append({"file": name, "rows": 0})
         flat = pa.array(rows.reshape(-1), type=pa.int32())
         column = pa.FixedSizeListArray.from_arrays(flat, self.row_len)
@@ -104,7 +109,7 @@ class UnitWriter:
     def abort(self) -> None:
         """Drop everything this writer wrote; the final directory is left as it was."""
         self._close_shard()
-        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        remove_tree(self.partial_dir)
 
     def finish(self, **stats) -> dict:
         if len(self._pending):
@@ -114,8 +119,9 @@ class UnitWriter:
             path = self.partial_dir / shard["file"]
             shard["bytes"] = path.stat().st_size
             shard["sha256"] = file_sha256(path)
-        shutil.rmtree(self.final_dir, ignore_errors=True)  # never completed, or we would not be here
-        os.replace(self.partial_dir, self.final_dir)
+        if self.local:
+            remove_tree(self.final_dir)  # never completed, or we would not be here
+            os.replace(self.partial_dir, self.final_dir)
         return {"rows": self.rows, "tokens": self.rows * self.row_len, "shards": self.shards, **stats}
 
 
@@ -156,7 +162,8 @@ class Unit:
             path = self.shard_path(self.shards[shard_index])
             local = [g % ROW_GROUPS_PER_SHARD for g in in_shard]
             try:
-                table = pq.ParquetFile(path).read_row_groups(local, columns=["ids"])
+                filesystem, where = arrow_location(path)
+                table = pq.ParquetFile(where, filesystem=filesystem).read_row_groups(local, columns=["ids"])
             except (OSError, pa.ArrowException) as err:
                 raise DataError(f"{path}: cannot read row groups {local} ({err})") from None
             parts.append(table.column("ids").combine_chunks().flatten().to_numpy().reshape(-1, self.row_len))

@@ -22,7 +22,7 @@ import ray
 
 from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, PROBES, JobRow, ProbePoint, point_key, row_path
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.storage import write_json_atomic
+from plasticity_ray.storage import as_path, write_json_atomic
 
 NAMESPACE = "plasticity-ray"
 IDLE_EXIT_S = 1800.0
@@ -37,7 +37,7 @@ def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> JobRo
     from plasticity_ray.data.prepare import load_prepared
 
     spec = ExperimentSpec.model_validate(spec_json)
-    run_dir = Path(point["run_dir"])
+    run_dir = as_path(point["run_dir"])
     key = BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
     started = time.time()
     try:
@@ -110,7 +110,7 @@ class ProbeService:
             from plasticity_ray.train.checkpoint import release
 
             del self.references[path]
-            release(Path(path))
+            release(as_path(path))
 
     async def _run(self, kind: str, spec_json: dict, point: dict, previous: str | None) -> None:
         try:
@@ -122,7 +122,7 @@ class ProbeService:
             self.last_activity = time.time()
 
     def _start(self, kind: str, spec_json: dict, point: dict, previous: str | None = None) -> bool:
-        run_dir = Path(point["run_dir"])
+        run_dir = as_path(point["run_dir"])
         key = BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
         if row_path(run_dir, kind, key).exists() or (point["run_dir"], kind, key) in self.pending.values():
             return False  # measured or being measured: submitting again is safe

@@ -374,7 +374,8 @@ MITIGATION_NAMES = ("weight_clipping", "shrink_perturb", "redo", "continual_back
 class ExperimentSpec(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", json_schema_extra=NOT_TRAINED)]
     seed: Annotated[int, Ge(0)] = 0
-    # A local directory, or on a cluster a file system mounted on every node (NFS).
+    # A local directory, a file system mounted on every node of a cluster (NFS), or object storage
+    # (s3://bucket/prefix, gs://bucket/prefix).
     storage_path: str = Field("runs", json_schema_extra=NOT_TRAINED)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -398,9 +399,10 @@ class ExperimentSpec(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentSpec":
         problems = []
-        if "://" in self.storage_path and not self.storage_path.startswith("file://"):
-            problems.append(f"storage_path: {self.storage_path!r}: object storage is not supported yet; use a local "
-                            "directory, or on a cluster a shared file system mounted on every node (NFS, EFS, GCS FUSE)")
+        scheme = self.storage_path.split("://", 1)[0] if "://" in self.storage_path else "file"
+        if scheme not in ("file", "s3", "gs", "gcs"):
+            problems.append(f"storage_path: {self.storage_path!r}: use a local or mounted directory, s3://bucket/prefix "
+                            "or gs://bucket/prefix")
         seq_len = self.data.seq_len
         if self.batch.global_tokens % seq_len:
             problems.append(f"batch.global_tokens: {self.batch.global_tokens} is not a multiple of data.seq_len {seq_len}")

@@ -23,7 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from plasticity_ray.spec import ExperimentSpec, grid_points, point_labels, with_overrides
 from plasticity_ray.rundir import SPEC_FILE
-from plasticity_ray.storage import storage_dir
+from plasticity_ray.storage import as_path, check_storage, storage_dir, uri
 from plasticity_ray.analysis.runs import load_run
 from plasticity_ray.sweep.results import trial
 from plasticity_ray.tracking import track_group_verdicts
@@ -41,7 +41,7 @@ class _TrialReport(TuneReportCallback):
         self.directory = directory
 
     def after_report(self, run_context, metrics, checkpoint):
-        row = _tune_row(Path(self.directory))
+        row = _tune_row(as_path(self.directory))
         super().after_report(run_context, [{**metrics[0], **row}, *metrics[1:]], checkpoint)
 
 
@@ -63,7 +63,7 @@ def run_trial(config: dict, base: dict) -> None:
     overrides = {**sweep_points(base_spec)[config[POINT]], **{k: v for k, v in config.items() if k != POINT}}
     spec = with_overrides(base_spec, overrides, source="sweep point")
     directory = run_dir(spec)
-    summary = run_training(spec, say=print, callbacks=[_TrialReport(str(directory))])
+    summary = run_training(spec, say=print, callbacks=[_TrialReport(uri(directory))])
     if not summary.complete:
         raise RuntimeError(f"{directory}: the run stopped before its last task")
     tune.report(_tune_row(directory))
@@ -123,15 +123,15 @@ def _tuner(spec: ExperimentSpec, name: str, resume: bool, say: Callable[[str], N
     # a non-empty request, and a CPU share would starve the probes on small machines: one byte of memory.
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=spec.model_dump(mode="json")), {"memory": 1})
     path = experiment_dir(spec) / name
-    if resume and tune.Tuner.can_restore(str(path)):
+    if resume and tune.Tuner.can_restore(uri(path)):
         say(f"resuming the sweep saved in {path}")
-        return tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        return tune.Tuner.restore(uri(path), trainable, resume_errored=True)
     if resume:
         say(f"nothing to resume in {path}: starting the sweep (finished runs are not trained again)")
     return tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config,
         run_config=tune.RunConfig(
-            name=name, storage_path=str(experiment_dir(spec)),
+            name=name, storage_path=uri(experiment_dir(spec)),
             failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
             verbose=1,
         ),
@@ -154,7 +154,8 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
     from plasticity_ray.probe.service import close_service
 
     # Trials run in their own working directories: hand them an absolute storage path.
-    spec = with_overrides(spec, {"storage_path": str(storage_dir(spec.storage_path).resolve())})
+    spec = with_overrides(spec, {"storage_path": uri(storage_dir(spec.storage_path))})
+    check_storage(spec.storage_path)
     _prepare_data(spec, say)
     concurrent = max_concurrent_trials(spec, ray.cluster_resources())
     points = sweep_points(spec)  # a point listed twice is one trial: it would be the same run

@@ -3,8 +3,9 @@
     <run_dir>/checkpoints/step-000001234/{model.pt, optimizer.pt, state.json}
     <run_dir>/probe_points/task-00007/{model.pt, state.json}
 
-A checkpoint directory is written under a temporary name and renamed when complete, so the newest
-directory is always whole. Regular checkpoints keep the newest K; probe-point checkpoints stay
+On a file system a checkpoint directory is written under a temporary name and renamed when
+complete; on object storage (no rename) its state.json is written last and a directory without one
+is not a checkpoint. Either way the newest checkpoint listed is always whole. Regular checkpoints keep the newest K; probe-point checkpoints stay
 until whoever asked for them calls `release`. Loading checks the model's shape against the run's
 and names the file on any problem; nothing is ever deleted on a failed load.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch
 from plasticity_ray.errors import UserError
 from plasticity_ray.model.gpt import GPTConfig
 from plasticity_ray.spec import ExperimentSpec, with_overrides
-from plasticity_ray.storage import write_json_atomic
+from plasticity_ray.storage import is_local, remove_tree, write_json_atomic
 
 FORMAT = 1
 
@@ -40,15 +40,19 @@ class Position:
 
 
 def _write_dir(final: Path, model_state: dict, optimizer_state: dict | None, state: dict) -> Path:
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(model_state, tmp / "model.pt")
-    if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-    write_json_atomic(tmp / "state.json", {"format": FORMAT, **state})
-    shutil.rmtree(final, ignore_errors=True)  # a leftover of a run that crashed after this point
-    os.replace(tmp, final)
+    local = is_local(final)
+    target = final.with_name(f".{final.name}.tmp") if local else final
+    remove_tree(target)  # a leftover of a run that crashed while writing it
+    if local:
+        target.mkdir(parents=True)
+    for name, payload in (("model.pt", model_state), ("optimizer.pt", optimizer_state)):
+        if payload is not None:
+            with (target / name).open("wb") as f:
+                torch.save(payload, f)
+    write_json_atomic(target / "state.json", {"format": FORMAT, **state})  # object storage: last, it makes it whole
+    if local:
+        remove_tree(final)  # a leftover of a run that crashed after this point
+        os.replace(target, final)
     return final
 
 
@@ -56,7 +60,7 @@ def save(run_dir: Path, global_step: int, model_state: dict, optimizer_state: di
     root = run_dir / "checkpoints"
     path = _write_dir(root / f"step-{global_step:09d}", model_state, optimizer_state, state)
     for old in checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
     return path
 
 
@@ -66,12 +70,13 @@ def save_probe_point(run_dir: Path, task: int, model_state: dict, state: dict) -
 
 def release(path: Path) -> None:
     """The probe-point checkpoint at `path` is no longer needed."""
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's whole checkpoints, oldest first."""
     root = run_dir / "checkpoints"
-    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.exists() else []
+    return sorted(p for p in root.glob("step-*") if (p / "state.json").exists()) if root.exists() else []
 
 
 def model_signature(cfg: GPTConfig) -> dict:
@@ -93,6 +98,9 @@ def read_state(path: Path) -> dict:
 
 def _torch_load(file: Path, device: torch.device | str, mmap: bool = False):
     try:
+        if not is_local(file):  # read through the object store's client; no memory map there
+            with file.open("rb") as f:
+                return torch.load(f, map_location=device, weights_only=True)
         return torch.load(file, map_location=device, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None

@@ -26,6 +26,7 @@ import torch.nn as nn
 from plasticity_ray.data.tokenizers import tokenizer_class
 from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.storage import as_path
 from plasticity_ray.train import checkpoint as checkpoints
 from plasticity_ray.train.device import DeviceOps, micro_batch as search_micro_batch
 
@@ -74,7 +75,7 @@ def build(spec: ExperimentSpec, device: torch.device, checkpoint: Path | str | N
     torch.manual_seed(spec.seed)
     model = GPT(cfg).to(device)
     if checkpoint is not None:
-        checkpoints.load(Path(checkpoint), model, cfg)
+        checkpoints.load(as_path(checkpoint), model, cfg)
     precision = lambda: ops.autocast(spec.train.precision)  # noqa: E731
     micro_batch = None
     if rows:

@@ -50,21 +50,48 @@ def _results_json(experiment_dir: Path) -> dict:
     return json.loads(out.getvalue())
 
 
+BUCKET = "plasticity-sweeps"
+
+
 @pytest.fixture(scope="module")
-def killed_once(demo_prepared, demo_spec, tmp_path_factory):
+def killed_once(demo_spec, tmp_path_factory, s3_server, ray_session):
     """Every trial's worker is SIGKILLed once at step 13; Ray Train may not restart it (max_failures 0),
-    so only Tune's retry of the whole trial can finish the sweep. Both trackers watch: MLflow on a
-    local SQLite store (made first, as a user's would be) and W&B in offline mode."""
+    so only Tune's retry of the whole trial can finish the sweep. Everything lives in a bucket of the
+    tests' local S3 (moto): prepared data, Tune's state, the runs and their checkpoints, results and
+    analysis. Both trackers watch: MLflow on a local SQLite store (made first, as a user's would be)
+    and W&B in offline mode."""
     from mlflow import MlflowClient
 
-    storage = tmp_path_factory.mktemp("killed")
-    MlflowClient(f"sqlite:///{storage}/mlflow.db").search_experiments()  # creates the store's tables
-    spec = _tiny(demo_spec, storage, **{
+    local = tmp_path_factory.mktemp("killed")
+    s3_server.create_bucket(Bucket=BUCKET)
+    MlflowClient(f"sqlite:///{local}/mlflow.db").search_experiments()  # creates the store's tables
+    spec = _tiny(demo_spec, f"s3://{BUCKET}/runs", **{
         "debug.fail_at_step": 13, "debug.fail_by": "sigkill", "train.max_failures": 0, "sweep.max_failures": 1,
-        "tracking.mlflow": {"tracking_uri": f"sqlite:///{storage}/mlflow.db"},
-        "tracking.wandb": {"project": "plasticity-tests", "mode": "offline"},
+        "tracking.mlflow": {"tracking_uri": f"sqlite:///{local}/mlflow.db"},
+        "tracking.wandb": {"project": "plasticity-tests", "mode": "offline", "dir": str(local)},
     })
     return spec, run_sweep(spec, **QUIET)
+
+
+def _keys(s3, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_the_sweep_lives_in_the_bucket(killed_once, s3_server):
+    spec, summary = killed_once
+    assert str(summary.experiment_dir) == f"s3://{BUCKET}/runs/{spec.name}"
+    keys = _keys(s3_server, "runs/")
+    assert any(k.startswith("runs/prepared/") and k.endswith("manifest.json") for k in keys)
+    assert any(k.startswith("runs/prepared/") and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith(f"runs/{spec.name}/tune/") for k in keys)  # Tune's own state
+    assert not [k for k in keys if ".tmp" in k or ".partial" in k]  # objects are written whole, in place
+    for run in (p.parent for p in summary.experiment_dir.glob(f"*/{COMPLETE_FILE}")):
+        prefix = f"runs/{spec.name}/{run.name}/"
+        checkpoints = [k for k in keys if k.startswith(prefix + "checkpoints/") and k.endswith("state.json")]
+        assert 1 <= len(checkpoints) <= spec.train.keep_checkpoints
+        assert not [k for k in keys if k.startswith(prefix + "probe_points/")]  # released once probed
+        assert any(k.startswith(prefix + "tensorboard/") for k in keys)
 
 
 def test_every_trial_completes_with_probes_after_a_killed_worker(killed_once):
@@ -106,7 +133,8 @@ def test_analyze_draws_what_the_sweep_measured_and_names_what_it_did_not(killed_
         assert (analysis / f"{stem}.png").exists() and (analysis / f"{stem}.svg").exists()
     assert "skipped fig6_dormant_layers: no dormant_units diagnostics" in out
     assert "skipped fig7_attention: no attention_entropy diagnostics" in out
-    assert len(list(csv.DictReader(open(analysis / "onsets.csv")))) == 2
+    with (analysis / "onsets.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
 
 
 def _expected(run: Path) -> tuple[list[int], dict[int, float]]:
@@ -125,7 +153,7 @@ def test_mlflow_holds_each_trial_once_through_the_kill_and_retry(killed_once):
     client = MlflowClient(spec.tracking.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(spec.name)
     runs = client.search_runs([experiment.experiment_id])
-    run_dirs = sorted(p.name for p in summary.experiment_dir.iterdir() if (p / COMPLETE_FILE).exists())
+    run_dirs = sorted(p.parent.name for p in summary.experiment_dir.glob(f"*/{COMPLETE_FILE}"))
     assert sorted(r.data.tags["plasticity_ray.run_id"] for r in runs) == run_dirs  # one tracker run per trial
     for run in runs:
         directory = summary.experiment_dir / run.data.tags["plasticity_ray.run_id"]
@@ -139,14 +167,15 @@ def test_mlflow_holds_each_trial_once_through_the_kill_and_retry(killed_once):
         assert "group/message" in run.data.tags and "result/auc_change_percent" in run.data.metrics
 
 
-def _wandb_records(run_dir: Path) -> list:
-    """Every record W&B wrote offline for a run (each retry of the trial resumed the same run id):
-    the .wandb files are LevelDB-style logs (7-byte header, then records of checksum, length and
-    type in 32 KiB blocks) of W&B's protobuf records."""
+def _wandb_records(wandb_dir: Path, run_name: str) -> list:
+    """Every record W&B wrote offline for the run named `run_name` (each retry of the trial resumed
+    the same run): the .wandb files are LevelDB-style logs (7-byte header, then records of checksum,
+    length and type in 32 KiB blocks) of W&B's protobuf records."""
     from wandb.proto import wandb_internal_pb2
 
     records = []
-    for path in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
+    for path in sorted(wandb_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        found = []
         data, position, pending = path.read_bytes(), 7, b""
         assert data[:4] == b":W&B"
         while position + 7 <= len(data):
@@ -161,8 +190,10 @@ def _wandb_records(run_dir: Path) -> list:
             if kind in (1, 4):  # a whole record, or the last piece of one
                 record = wandb_internal_pb2.Record()
                 record.ParseFromString(pending)
-                records.append(record)
+                found.append(record)
                 pending = b""
+        if any(r.WhichOneof("record_type") == "run" and r.run.display_name == run_name for r in found):
+            records += found
     return records
 
 
@@ -172,9 +203,9 @@ def _key(item) -> str:
 
 def test_wandb_offline_holds_each_trial_once_through_the_kill_and_retry(killed_once):
     spec, summary = killed_once
-    for directory in (p for p in summary.experiment_dir.iterdir() if (p / COMPLETE_FILE).exists()):
+    for directory in (p.parent for p in summary.experiment_dir.glob(f"*/{COMPLETE_FILE}")):
         steps, aucs = _expected(directory)
-        records = _wandb_records(directory)
+        records = _wandb_records(Path(spec.tracking.wandb.dir), directory.name)
         history = [{_key(i): json.loads(i.value_json) for i in r.history.item} for r in records
                    if r.WhichOneof("record_type") == "history"]
         assert [h["global_step"] for h in history if "train/loss" in h] == steps
