@@ -41,8 +41,10 @@ def storage_dir(storage_path: str) -> UPath:
     return as_path(storage_path)
 
 
-def is_local(path: os.PathLike) -> bool:
-    return isinstance(path, Path) and not (isinstance(path, UPath) and path.protocol not in ("", "file", "local"))
+def is_local(path: str | os.PathLike) -> bool:
+    if isinstance(path, UPath):
+        return path.protocol in ("", "file", "local")
+    return isinstance(path, Path) or "://" not in os.fspath(path) or os.fspath(path).startswith("file://")
 
 
 def uri(path: os.PathLike) -> str:

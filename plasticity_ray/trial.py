@@ -29,7 +29,7 @@ from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
 from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, read_jsonl
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
-from plasticity_ray.storage import append_text, as_path, check_storage, is_local, storage_dir, uri, write_json_atomic
+from plasticity_ray.storage import append_text, as_path, check_storage, storage_dir, uri, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
 from plasticity_ray.train.hooks import Hooks, probe_ordinal
 from plasticity_ray.train.loop import Trainer
@@ -233,8 +233,6 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     saved = checkpoints(directory)  # checked first: a bad checkpoint stops us before any work
     position = check(saved[-1], model_config(spec))["position"] if saved else None
     prepare(spec, say=say)
-    if is_local(directory):
-        directory.mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / SPEC_FILE, spec.model_dump(mode="json"))
     say(
         f"training {spec.model.size} (lr {spec.lr:.3g}, seed {spec.seed}) on {spec.resources.workers} worker(s): "
@@ -248,17 +246,18 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
         service.submit.remote(spec.model_dump(mode="json"), baseline_request(spec, directory))
     tail = _ProgressTail(spec, metrics, say, tracking=tracking)
     tail.start()
-    summary = None
+    complete = False
     try:
-        build_trainer(spec, directory, callbacks).fit()
-        tail.stop.set()
-        tail.join()
+        try:
+            build_trainer(spec, directory, callbacks).fit()
+        finally:
+            tail.stop.set()
+            tail.join()
         if service is not None:
             _finish_probes(spec, directory, say)
         summary = _summary(directory)
+        complete = summary.complete
     finally:
-        tail.stop.set()
-        tail.join()
-        if tracking is not None:
-            tracking.finish(ok=summary is not None and summary.complete)
+        if tracking is not None:  # a failed or interrupted run's tracker run is closed as failed
+            tracking.finish(ok=complete)
     return summary

@@ -13,7 +13,7 @@ from plasticity_ray.analysis.groups import GROUP_COLUMNS, group_row, group_runs
 from plasticity_ray.analysis.onset import LEVEL, Onset, find_onset
 from plasticity_ray.analysis.runs import Run, load_runs
 from plasticity_ray.errors import UserError
-from plasticity_ray.storage import is_local, write_bytes_atomic, write_json_atomic
+from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
 from plasticity_ray.sweep.results import format_table, to_csv
 
 RUN_ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
@@ -150,9 +150,7 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, level: flo
     runs = load_runs(experiment_dirs)
     if not runs:
         raise UserError(f"no runs in {', '.join(map(str, experiment_dirs))} (a run directory holds spec.json)")
-    out_dir = out_dir or experiment_dirs[0] / "analysis"
-    if is_local(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = out_dir or experiment_dirs[0] / "analysis"  # made by the first file written there
     rows, onsets = onset_rows(runs)
     run_groups = group_runs(runs, level)
     groups = [group_row(g) for g in run_groups]

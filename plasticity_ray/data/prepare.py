@@ -33,7 +33,7 @@ from plasticity_ray.data.shards import DataError, Packer, Unit, UnitWriter
 from plasticity_ray.data.sources import documents
 from plasticity_ray.data.tokenizers import get_tokenizer, tokenizer_class
 from plasticity_ray.spec import DataSpec, ExperimentSpec
-from plasticity_ray.storage import is_local, storage_dir, write_json_atomic
+from plasticity_ray.storage import storage_dir, write_json_atomic
 
 FORMAT = 1
 SPLITS = ("train", "validation")
@@ -244,8 +244,6 @@ def _write_language(spec: ExperimentSpec, language: str, writers: dict[str, Unit
 def prepare(spec: ExperimentSpec, say: Callable[[str], None] = print) -> Prepared:
     """Prepare every language of the spec (training languages and the probe language)."""
     root = prepared_root(spec)
-    if is_local(root):
-        root.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(root, spec) or {**_expected_header(spec), "languages": {}}
     ready = all(language in manifest["languages"] for language in all_languages(spec.data))
     say(f"{spec.data.tokenizer} data of {len(all_languages(spec.data))} languages ready in {root}" if ready

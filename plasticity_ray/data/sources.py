@@ -81,7 +81,7 @@ def _hf(source: HFSource, language: str) -> tuple[ray.data.Dataset, str]:
     except DataError:
         raise
     except Exception as err:  # the Hub's and `datasets`' own errors, in words
-        message = _hf_problem(source, language, config, err)
+        message = _hf_problem(source, config, err)
         if message is None:
             raise
         raise DataError(message) from None
@@ -134,7 +134,7 @@ def _no_text_field(source: HFSource, config: str, columns: list[str]) -> str:
             f"(columns: {', '.join(columns)}); set data.source.text_field")
 
 
-def _hf_problem(source: HFSource, language: str, config: str, err: Exception) -> str | None:
+def _hf_problem(source: HFSource, config: str, err: Exception) -> str | None:
     """One line for what the Hub or `datasets` refused, or None for an error that is not the user's."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 

@@ -84,6 +84,8 @@ def test_submit_runs_the_sweep_as_a_job_and_its_results_are_readable(head, tmp_p
     )
     assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-4000:]
     assert "SUCCEEDED" in submitted.stdout
+    # The plan's one line: from `submit` before it submits, then from the sweep in the job's logs.
+    assert submitted.stdout.startswith("plan: 1 trial(s), ") and submitted.stdout.count("plan: 1 trial(s), ") == 2
     table = subprocess.run(CLI + ["results", str(storage / "tiny_sweep"), "--json"], capture_output=True, text=True,
                            cwd=REPO, check=True)
     result = json.loads(table.stdout)
