@@ -66,6 +66,7 @@ def killed_once(demo_spec, tmp_path_factory, s3_server, ray_session):
     s3_server.create_bucket(Bucket=BUCKET)
     MlflowClient(f"sqlite:///{local}/mlflow.db").search_experiments()  # creates the store's tables
     spec = _tiny(demo_spec, f"s3://{BUCKET}/runs", **{
+        "data.train_tokens": 100_000,  # what 3 tasks per language need, and little to upload
         "debug.fail_at_step": 13, "debug.fail_by": "sigkill", "train.max_failures": 0, "sweep.max_failures": 1,
         "tracking.mlflow": {"tracking_uri": f"sqlite:///{local}/mlflow.db"},
         "tracking.wandb": {"project": "plasticity-tests", "mode": "offline", "dir": str(local)},
