@@ -18,12 +18,10 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from plasticity_ray.data.schedule import task_info
 from plasticity_ray.data.tokenizers import tokenizer_class
 from plasticity_ray.model.sizes import resolve_size
 from plasticity_ray.spec import ExperimentSpec, grid_points, point_labels, with_overrides
-from plasticity_ray.sweep.tune import max_concurrent_trials
-from plasticity_ray.train.hooks import is_probe_point
+from plasticity_ray.spec.protocol import is_probe_point, max_concurrent_trials, task_info
 
 # Dense bf16 tensor-core peaks (NVIDIA data sheets, SXM parts): what MFU is measured against.
 PEAK_BF16_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12}

@@ -31,7 +31,8 @@ from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
 from plasticity_ray.storage import append_text, as_path, check_storage, storage_dir, uri, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
-from plasticity_ray.train.hooks import Hooks, probe_ordinal
+from plasticity_ray.spec.protocol import probe_ordinal
+from plasticity_ray.train.hooks import Hooks
 from plasticity_ray.train.loop import Trainer
 from plasticity_ray.train.recipe import model_config
 from plasticity_ray.tracking import RunTracking, finished as tracking_finished

@@ -32,6 +32,7 @@ import ray.data
 from plasticity_ray.data.prepare import Prepared, ordered_datasets
 from plasticity_ray.data.shards import ROW_GROUP_ROWS, Unit
 from plasticity_ray.spec import ALL_LANGUAGES, ExperimentSpec
+from plasticity_ray.spec.protocol import Task, task_info
 
 WINDOW_GROUPS = 8
 WINDOW_ROWS = WINDOW_GROUPS * ROW_GROUP_ROWS
@@ -40,21 +41,6 @@ WINDOW_ROWS = WINDOW_GROUPS * ROW_GROUP_ROWS
 # do not keep seeds apart).
 PROBE_DRAW_TAG = 2**32 - 1
 VALIDATION_TAG = 2**32 - 2
-
-
-@dataclass(frozen=True)
-class Task:
-    index: int
-    cycle: int
-    position: int  # place in the cycle, 0-based
-    language: str | None  # None in stationary mode (a mixture)
-
-
-def task_info(spec: ExperimentSpec, index: int) -> Task:
-    languages = spec.data.languages
-    cycle, position = divmod(index, len(languages))
-    language = languages[position] if spec.schedule.mode == "continual" else None
-    return Task(index, cycle, position, language)
 
 
 def rows_per_task(spec: ExperimentSpec) -> int:

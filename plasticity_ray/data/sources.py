@@ -71,6 +71,7 @@ def _hf(source: HFSource, language: str) -> tuple[ray.data.Dataset, str]:
             ds = ray.data.read_parquet(paths, filesystem=filesystem)
             if source.text_field not in ds.columns():
                 raise DataError(_no_text_field(source, config, ds.columns()))
+            ds = ds.select_columns([source.text_field])
             reader = f"parquet ({len(paths)} file(s), parallel)"
         elif source.reader == "parquet":
             raise DataError(f"{language}: no files match {source.data_files.format(config=config)!r} in hf dataset "
@@ -85,7 +86,6 @@ def _hf(source: HFSource, language: str) -> tuple[ray.data.Dataset, str]:
         if message is None:
             raise
         raise DataError(message) from None
-    ds = ds.select_columns([source.text_field])
     return (ds.rename_columns({source.text_field: "text"}) if source.text_field != "text" else ds), reader
 
 
@@ -121,7 +121,7 @@ def _load_with_datasets(source: HFSource, language: str, config: str):
     columns = ds.column_names or []
     if source.text_field not in columns:
         raise DataError(_no_text_field(source, config, columns))
-    return ds.select_columns([source.text_field])
+    return ds.select_columns([source.text_field])  # only the text crosses into Ray Data
 
 
 def _no_config(source: HFSource, language: str, config: str, configs: list[str]) -> str:

@@ -11,7 +11,6 @@ is never trained again, and the result tables are read from storage, not from Tu
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from plasticity_ray.spec import ExperimentSpec, grid_points, point_labels, with_overrides
+from plasticity_ray.spec.protocol import max_concurrent_trials
 from plasticity_ray.rundir import SPEC_FILE
 from plasticity_ray.storage import as_path, check_storage, storage_dir, uri
 from plasticity_ray.analysis.runs import load_run
@@ -73,22 +73,6 @@ def search_space(spec: ExperimentSpec) -> dict[str, Any]:
     """One Tune grid search over the sweep's points (the grid's product, the explicit points and the
     variants, expanded once in the spec)."""
     return {POINT: tune.grid_search(list(sweep_points(spec)))}
-
-
-def per_trial(spec: ExperimentSpec) -> dict[str, float]:
-    r = spec.resources
-    return {"CPU": r.workers * r.cpus_per_worker, "GPU": r.workers * r.gpus_per_worker}
-
-
-def max_concurrent_trials(spec: ExperimentSpec, cluster: dict[str, float]) -> int:
-    """The spec's value, else as many trials as the cluster's GPUs (CPU runs: CPUs) hold once the
-    probe jobs' share is set aside; at least one."""
-    if spec.sweep.max_concurrent_trials:
-        return spec.sweep.max_concurrent_trials
-    r = spec.resources
-    kind, probes = ("GPU", r.probe_gpus) if r.gpus_per_worker else ("CPU", r.probe_cpus)
-    free = cluster.get(kind, 0.0) - (r.max_concurrent_probes * probes if spec.probe.enabled else 0.0)
-    return max(1, math.floor(free / per_trial(spec)[kind] + 1e-9))
 
 
 def point_label(point: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from plasticity_ray.data.schedule import Task
+from plasticity_ray.spec.protocol import Task
 from plasticity_ray.spec import AlarmSpec
 from plasticity_ray.rundir import ALARMS_FILE, SIGNALS_FILE, read_jsonl
 from plasticity_ray.train.metrics import RunLog

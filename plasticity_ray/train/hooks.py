@@ -13,9 +13,8 @@ from typing import Callable
 
 import torch
 
-from plasticity_ray.data.schedule import Task, task_info
 from plasticity_ray.rundir import ProbePoint
-from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.spec.protocol import Task
 
 
 @dataclass(frozen=True)
@@ -42,21 +41,3 @@ class Hooks:
     step_end: list[Callable[[StepEnd], dict | None]] = field(default_factory=list)
     task_end: list[Callable[[TaskEnd], dict | None]] = field(default_factory=list)
     probe_point: list[Callable[[ProbePoint], None]] = field(default_factory=list)
-
-
-def is_probe_point(spec: ExperimentSpec, task: Task) -> bool:
-    """Continual: the end of every `probe.every_cycles`-th cycle, and after each language of
-    `probe.extended` in its cycles. Stationary: every `probe.every_tokens` of training."""
-    if not spec.probe.enabled:
-        return False
-    if task.language is None:
-        return (task.index + 1) % spec.tasks_per_probe == 0
-    if task.position == len(spec.data.languages) - 1:
-        return (task.cycle + 1) % spec.probe.every_cycles == 0
-    extended = spec.probe.extended
-    return extended is not None and task.language in extended.languages and extended.covers(task.cycle)
-
-
-def probe_ordinal(spec: ExperimentSpec, task_index: int) -> int:
-    """How many probe points come before task `task_index`'s (the same on every restart)."""
-    return sum(is_probe_point(spec, task_info(spec, i)) for i in range(task_index))

@@ -24,13 +24,14 @@ import torch
 import torch.distributed as dist
 
 from plasticity_ray.data.prepare import load_prepared
-from plasticity_ray.data.schedule import Task, task_info, task_stream, validation_sample
+from plasticity_ray.data.schedule import task_stream, validation_sample
 from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, CompleteRecord, MetricRow, ProbePoint, read_jsonl
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import write_json_atomic
 from plasticity_ray.train import checkpoint
 from plasticity_ray.train.alarms import AlarmBook, near_zero_fraction
-from plasticity_ray.train.hooks import Hooks, StepEnd, TaskEnd, is_probe_point
+from plasticity_ray.spec.protocol import Task, is_probe_point, task_info
+from plasticity_ray.train.hooks import Hooks, StepEnd, TaskEnd
 from plasticity_ray.train.metrics import RunLog
 from plasticity_ray.train.recipe import build, evaluate, make_optimizer, scheduled_lr, train_step
 

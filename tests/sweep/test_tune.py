@@ -22,7 +22,8 @@ import yaml
 
 from plasticity_ray.cli import main
 from plasticity_ray.spec import with_overrides
-from plasticity_ray.sweep.tune import max_concurrent_trials, run_sweep, run_trial
+from plasticity_ray.spec.protocol import max_concurrent_trials
+from plasticity_ray.sweep.tune import run_sweep, run_trial
 from plasticity_ray.rundir import COMPLETE_FILE
 
 pytestmark = pytest.mark.slow

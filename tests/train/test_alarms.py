@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from plasticity_ray.data.schedule import Task
+from plasticity_ray.spec.protocol import Task
 from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.spec import AlarmSpec
 from plasticity_ray.rundir import read_alarms

@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from plasticity_ray.data.schedule import task_info
 from plasticity_ray.spec import ExperimentSpec, load_spec
-from plasticity_ray.train.hooks import is_probe_point, probe_ordinal
+from plasticity_ray.spec.protocol import is_probe_point, probe_ordinal, task_info
 
 PAPER_CONTINUAL = Path(__file__).parent.parent.parent / "experiments" / "paper_continual.yaml"
 
