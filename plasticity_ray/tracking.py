@@ -178,6 +178,7 @@ class RunTracking:
     def __init__(self, run_dir: Path, trackers: list[Tracker], say: Callable[[str], None]):
         self.run_dir, self.trackers, self.say = run_dir, trackers, say
         self.state = _sent(run_dir)
+        self._saved = json.dumps(self.state, sort_keys=True)
 
     @classmethod
     def open(cls, spec: ExperimentSpec, run_dir: Path, say: Callable[[str], None] = print) -> "RunTracking | None":
@@ -227,7 +228,10 @@ class RunTracking:
                     continue
                 metrics = _numbers({"probe/auc": row.get("auc")}) if kind == PROBES else _diagnostics(row)
                 self._each(lambda t: t.log(metrics, PROBE_AXIS, row["task_index"] + 1))
-        write_json_atomic(self.run_dir / STATE_FILE, self.state)
+        state = json.dumps(self.state, sort_keys=True)
+        if state != self._saved:  # called every 15 s: write (on object storage, upload) only what changed
+            write_json_atomic(self.run_dir / STATE_FILE, self.state)
+            self._saved = state
 
     def finish(self, ok: bool) -> None:
         """Every row not sent yet, the run's result (trial row, onset) when it ended, the tracker runs closed."""
@@ -265,7 +269,8 @@ def track_group_verdicts(experiment_dir: Path, say: Callable[[str], None] = prin
     runs = load_runs([experiment_dir])
     for group in group_runs(runs):
         row = group_row(group)
-        values = {f"group/{k}": v for k, v in row.items() if isinstance(v, str) or _numbers({k: v})}
+        kept = {**{k: v for k, v in row.items() if isinstance(v, str)}, **_numbers(row)}
+        values = {f"group/{k}": v for k, v in kept.items()}
         for run in group.runs:
             spec = ExperimentSpec.model_validate(run.spec)
             tracking = RunTracking.open(spec, run.path, say)
