@@ -274,6 +274,14 @@ def cmd_bench(args) -> int:
         from plasticity_ray.bench.command import bench_main_command
 
         record = bench_main_command(args.argv, args.runs, Path(__file__).resolve().parents[1])
+    elif args.bench_command == "calibration":
+        from plasticity_ray.bench.calibration import calibration_study, format_calibration, summary
+        from plasticity_ray.bench.record import header
+
+        study = calibration_study(args.groups, args.grid_groups, args.draws, args.seed, args.workers,
+                                  say=lambda line: print(line, file=sys.stderr))
+        record = {**header(args.argv), **study, "summary": summary(study)}
+        print(format_calibration(record), file=sys.stderr)
     else:
         from plasticity_ray.bench.train import bench_train
 
@@ -407,6 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
         "main-command", help="the README's main command, set-up included, timed on fresh clones of the last commit")
     bench_main.add_argument("--runs", type=int, default=3, help="runs (each in a fresh clone)")
     bench_main.add_argument("--out", help="also write the record to this JSON file")
+    calibration = bench_commands.add_parser(
+        "calibration", help="false-loss rate, power and onset-interval coverage of the verdict on simulated noise")
+    calibration.add_argument("--groups", type=_positive_int, default=2500, help="simulated groups per cell (default 2500)")
+    calibration.add_argument("--grid-groups", type=_positive_int, default=400,
+                             help="groups per cell of the interval's robustness grid (default 400)")
+    calibration.add_argument("--draws", type=_positive_int, default=4000, help="random rotations per verdict")
+    calibration.add_argument("--seed", type=int, default=2026)
+    calibration.add_argument("--workers", type=_positive_int, help="processes (default: one per core)")
+    calibration.add_argument("--out", help="also write the record to this JSON file")
     bench.set_defaults(func=cmd_bench)
     return parser
 

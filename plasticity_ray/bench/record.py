@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def checkout() -> dict:
+    """The commit this package was run from, and whether tracked files differed from it."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit, "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))
+            if commit else None}
 
 
 def header(command: list[str]) -> dict:
@@ -33,4 +47,5 @@ def header(command: list[str]) -> dict:
         "python": sys.version.split()[0],
         "ray": ray.__version__,
         "torch": torch.__version__,
+        **checkout(),
     }
