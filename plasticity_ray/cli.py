@@ -190,7 +190,9 @@ def cmd_results(args) -> int:
 
 
 def _print_results(experiment_dir: Path, probes: bool, output: str = "table", groups: bool = True) -> int:
-    from plasticity_ray.sweep.results import PROBE_COLUMNS, TRIAL_COLUMNS, experiment_tables, format_table, to_csv
+    from plasticity_ray.analysis.tables import PROBE_COLUMNS, TRIAL_COLUMNS
+    from plasticity_ray.sweep.results import experiment_tables
+    from plasticity_ray.tables import format_table, to_csv
 
     result, written = experiment_tables(experiment_dir)
     if output == "json":
@@ -417,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_main.add_argument("--out", help="also write the record to this JSON file")
     calibration = bench_commands.add_parser(
         "calibration", help="false-loss rate, power and onset-interval coverage of the verdict on simulated noise")
-    calibration.add_argument("--groups", type=_positive_int, default=2500, help="simulated groups per cell (default 2500)")
+    calibration.add_argument("--groups", type=_positive_int, default=5000, help="simulated groups per cell (default 5000)")
     calibration.add_argument("--grid-groups", type=_positive_int, default=400,
                              help="groups per cell of the interval's robustness grid (default 400)")
     calibration.add_argument("--draws", type=_positive_int, default=4000, help="random rotations per verdict")

@@ -27,7 +27,7 @@ from plasticity_ray.errors import UserError
 from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, METRICS_FILE, PROBES, read_job_rows, read_jsonl
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import is_local, uri, write_json_atomic
-from plasticity_ray.sweep.results import trial
+from plasticity_ray.analysis.tables import trial
 
 STATE_FILE = "tracking.json"
 RUN_ID_TAG = "plasticity_ray.run_id"

@@ -122,7 +122,8 @@ def fig_onset_curves(groups: list[RunGroup]) -> plt.Figure:
         if evidence.noise_sd is not None:
             half = stats.norm.ppf((1 + evidence.level) / 2) * evidence.noise_sd
             ax.fill_between(o.tasks, np.array(o.values) - half, np.array(o.values) + half, color="tab:blue", alpha=0.15,
-                            lw=0, label=f"{evidence.level:.0%} band of a point (from {evidence.noise})")
+                            lw=0, label=f"{evidence.level:.0%} band of a point (from {evidence.noise}"
+                            + (": probe noise only)" if evidence.noise == "probe replicates" else ")"))
         inner = [(t, v) for t, v in zip(o.tasks, o.smoothed) if v is not None]
         ax.plot(*zip(*inner), color="gold", lw=2, label="moving average (3)")
         if o.task_instance is not None:
@@ -216,53 +217,63 @@ def fig_attention(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     return fig
 
 
-def _fit_points(onset_rows: list[dict], fits: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sizes, onsets, and the onsets' interval half-widths below and above (0 without one)."""
-    if fits is None:
-        raise Skip("needs onsets of at least 3 runs to fit")
-    found = [r for r in onset_rows if r["onset_tasks"] is not None]
-    onsets = np.array([r["onset_tasks"] for r in found], float)
-    low = np.array([r.get("onset_lo") if r.get("onset_lo") is not None else t for r, t in zip(found, onsets)], float)
-    high = np.array([r.get("onset_hi") if r.get("onset_hi") is not None else t for r, t in zip(found, onsets)], float)
-    return np.array([r["params"] for r in found], float), onsets, np.vstack([onsets - low, high - onsets])
+def _fitted(families: list[dict]) -> list[dict]:
+    fitted = [f for f in families if f["fit"]]
+    if not fitted:
+        raise Skip("no family (variant, learning-rate rule) has onsets of 3 model sizes to fit")
+    return fitted
 
 
-def fig_onset_scaling(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
-    """Fig. 3: onset vs non-embedding parameters on log-log axes, with the log-log fit, its
-    confidence band and each onset's interval."""
-    params, onsets, errors = _fit_points(onset_rows, fits)
-    level = fits["level"]
+def _fit_points(family: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The family's fitted points (the same as `onset_fits.json`'s): sizes, onsets, and the onsets'
+    interval half-widths below and above (0 without an interval)."""
+    points = family["points"]
+    onsets = np.array([p["onset_tasks"] for p in points], float)
+    low = np.array([p["onset_lo"] if p["onset_lo"] is not None else t for p, t in zip(points, onsets)], float)
+    high = np.array([p["onset_hi"] if p["onset_hi"] is not None else t for p, t in zip(points, onsets)], float)
+    return np.array([p["params"] for p in points], float), onsets, np.vstack([onsets - low, high - onsets])
+
+
+def fig_onset_scaling(families: list[dict], level: float) -> plt.Figure:
+    """Fig. 3: onset vs non-embedding parameters on log-log axes, for each family the onsets its fit
+    used (with their intervals), the log-log fit and its confidence band."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.errorbar(params, onsets, yerr=errors, fmt="o", capsize=3, label=f"onset per group ({level:.0%} interval)")
+    for family in _fitted(families):
+        params, onsets, errors = _fit_points(family)
+        m = family["fit"]["models"]["log_log"]
+        points = ax.errorbar(params, onsets, yerr=errors, fmt="o", capsize=3,
+                             label=f"{family['family']}: onsets ({level:.0%} interval)")
+        colour = points.lines[0].get_color()
+        grid = np.geomspace(params.min() / 1.5, params.max() * 1.5, 100)
+        ax.plot(grid, predictor("log_log", m["a"], m["b"])(grid), color=colour,
+                label=f"ln T = {m['a']:.2f} + {m['b']:.3f}·ln P (R² {m['r2']:.3f})")
+        ax.fill_between(grid, *band("log_log", params, onsets, grid, level), color=colour, alpha=0.2, lw=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    m = fits["models"]["log_log"]
-    grid = np.geomspace(params.min() / 1.5, params.max() * 1.5, 100)
-    ax.plot(grid, predictor("log_log", m["a"], m["b"])(grid), label=f"ln T = {m['a']:.2f} + {m['b']:.3f}·ln P "
-            f"(R² {m['r2']:.3f})")
-    ax.fill_between(grid, *band("log_log", params, onsets, grid, level), alpha=0.2, lw=0,
-                    label=f"{level:.0%} confidence band of the fit")
     ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
-           title="Onset of plasticity loss vs model size")
-    ax.legend(fontsize=8)
+           title=f"Onset of plasticity loss vs model size (bands: {level:.0%} confidence of each fit)")
+    ax.legend(fontsize=7)
     return fig
 
 
-def fig_fits(onset_rows: list[dict], fits: dict | None) -> plt.Figure:
-    """Fig. 10: the four fitted models over the data, each with its confidence band."""
-    params, onsets, errors = _fit_points(onset_rows, fits)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.errorbar(params, onsets, yerr=errors, fmt="ko", capsize=3, label="onsets")
-    grid = np.linspace(params.min(), params.max(), 200)
-    for name in MODELS:
-        m = fits["models"][name]
-        line, = ax.plot(grid, predictor(name, m["a"], m["b"])(grid),
-                        label=f"{name}: {FORMULAS[name]} (LOO RMSE {m['loo_rmse']:.3g})")
-        ax.fill_between(grid, *band(name, params, onsets, grid, fits["level"]), color=line.get_color(), alpha=0.1, lw=0)
-    ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
-           title=f"Four models of the onset with {fits['level']:.0%} confidence bands "
-                 f"(best by leave-one-out RMSE: {fits['best']})")
-    ax.legend(fontsize=8)
+def fig_fits(families: list[dict], level: float) -> plt.Figure:
+    """Fig. 10: the four fitted models over the data, each with its confidence band, one panel per family."""
+    fitted = _fitted(families)
+    fig, axes = _panels(len(fitted), width=7, height=4.5)
+    for ax, family in zip(axes, fitted):
+        params, onsets, errors = _fit_points(family)
+        fits = family["fit"]
+        ax.errorbar(params, onsets, yerr=errors, fmt="ko", capsize=3, label="onsets fitted")
+        grid = np.linspace(params.min(), params.max(), 200)
+        for name in MODELS:
+            m = fits["models"][name]
+            line, = ax.plot(grid, predictor(name, m["a"], m["b"])(grid),
+                            label=f"{name}: {FORMULAS[name]} (LOO RMSE {m['loo_rmse']:.3g})")
+            ax.fill_between(grid, *band(name, params, onsets, grid, level), color=line.get_color(), alpha=0.1, lw=0)
+        ax.set(xlabel="non-embedding parameters P", ylabel="onset T (task instances)",
+               title=f"{family['family']}: four models, {level:.0%} bands (best by LOO RMSE: {fits['best']})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 

@@ -6,15 +6,16 @@ replicates measure probe noise (see `onset.group_onset`)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
-from plasticity_ray.analysis.onset import LEVEL, GroupOnset, group_onset, mean_interval
+from plasticity_ray.analysis.onset import LEVEL, GroupOnset, group_onset, holm, mean_interval
 from plasticity_ray.analysis.runs import Run
 
-GROUP_COLUMNS = ["group", "size", "params", "variant", "lr", "mode", "seeds", "replicates", "probes", "cycles",
+GROUP_COLUMNS = ["group", "size", "params", "variant", "lr", "lr_rule", "mode", "seeds", "replicates", "probes", "cycles",
                  "auc_change_percent", "auc_change_pm", "onset_tasks", "onset_lo", "onset_hi", "onset_tokens",
-                 "status", "verdict", "p_value", "noise", "message"]
+                 "status", "verdict", "p_value", "p_adjusted", "groups_tested", "noise", "probe_noise_p_value",
+                 "message"]
 
 
 def replicate_aucs(probe: dict) -> list[float]:
@@ -79,14 +80,21 @@ class RunGroup:
 
 
 def group_runs(runs: list[Run], level: float = LEVEL) -> list[RunGroup]:
-    """Runs whose specs are equal but for the seed, in the order of their first run."""
+    """Runs whose specs are equal but for the seed, in the order of their first run. The groups'
+    verdicts are one family of tests: their p-values are Holm-adjusted over the groups tested."""
     groups: dict[str, RunGroup] = {}
     for run in runs:
         key = json.dumps({k: v for k, v in run.spec.items() if k != "seed"}, sort_keys=True)
         groups.setdefault(key, RunGroup([], level)).runs.append(run)
     for group in groups.values():
         group.runs.sort(key=lambda r: r.spec["seed"])
-    return list(groups.values())
+    found = list(groups.values())
+    adjusted = holm([g.onset.p_value for g in found])
+    tests = sum(p is not None for p in adjusted)
+    for group, p in zip(found, adjusted):
+        if p is not None:
+            group.onset = replace(group.onset, p_adjusted=p, tests=tests)  # replaces the cached value
+    return found
 
 
 def _members(group: RunGroup) -> str:
@@ -101,14 +109,16 @@ def group_row(group: RunGroup) -> dict:
     change = group.auc_change
     run = group.first
     return {
-        "group": group.name, "size": run.size, "params": run.params, "variant": run.variant, "lr": run.lr,
+        "group": group.name, "size": run.size, "params": run.params, "variant": run.variant, "lr": run.lr, "lr_rule": run.lr_rule,
         "mode": run.mode, "seeds": len(group.runs), "replicates": o.replicates, "probes": len(o.onset.tasks),
         "cycles": change[2] if change else None,
         "auc_change_percent": change[0] if change else None, "auc_change_pm": change[1] if change else None,
         "onset_tasks": o.onset.task_instance,
         "onset_lo": o.interval[0] if o.interval else None, "onset_hi": o.interval[1] if o.interval else None,
         "onset_tokens": o.onset.task_instance * run.tokens_per_task if o.onset.task_instance is not None else None,
-        "status": o.onset.status, "verdict": o.verdict, "p_value": o.p_value, "noise": o.noise,
+        "status": o.onset.status, "verdict": o.verdict, "p_value": o.p_value, "p_adjusted": o.p_adjusted,
+        "groups_tested": o.tests if o.p_value is not None else None, "noise": o.noise,
+        "probe_noise_p_value": o.probe_noise_p_value,
         "message": group_sentence(group),
     }
 

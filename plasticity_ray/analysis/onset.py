@@ -100,12 +100,15 @@ class GroupOnset:
     why_no_interval: str | None = None
     probe_noise_interval: tuple[int, int] | None = None  # one seed: from its probe replicates only
     probe_noise_p_value: float | None = None
+    p_adjusted: float | None = None  # Holm-adjusted over the `tests` groups of one analysis
+    tests: int = 1
 
     @property
     def verdict(self) -> str:
-        if self.p_value is None:
+        p = self.p_adjusted if self.p_adjusted is not None else self.p_value
+        if p is None:
             return "no verdict"
-        return "significant" if self.p_value < 1 - self.level else "not distinguishable from noise"
+        return "significant" if p < 1 - self.level else "not distinguishable from noise"
 
     @property
     def message(self) -> str:
@@ -117,8 +120,10 @@ class GroupOnset:
         if self.why_no_interval:
             return f"{self.onset.message}; no interval: {self.why_no_interval}"
         lo, hi = self.interval
+        adjusted = (f"; Holm-adjusted over {self.tests} groups: {self.p_adjusted:.3g}"
+                    if self.p_adjusted is not None and self.tests > 1 else "")
         return (f"{self.onset.message} [{lo}, {hi}] ({self.level:.0%} interval, from {self.noise}); loss of plasticity: "
-                f"{self.verdict} (rise after the minimum {self.rise:+.4f}, p = {self.p_value:.3g})")
+                f"{self.verdict} (rise after the minimum {self.rise:+.4f}, p = {self.p_value:.3g}{adjusted})")
 
 
 def group_onset(tasks: list[int], replicates: list[list[list[float] | None]], level: float = LEVEL,

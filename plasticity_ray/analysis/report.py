@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plasticity_ray.analysis import figures
-from plasticity_ray.analysis.fits import fit_onsets
 from plasticity_ray.analysis.groups import GROUP_COLUMNS, group_row, group_runs
 from plasticity_ray.analysis.onset import LEVEL, Onset, find_onset
 from plasticity_ray.analysis.runs import Run, load_runs
+from plasticity_ray.analysis.scaling import POINT_COLUMNS, family_fits
 from plasticity_ray.errors import UserError
 from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
-from plasticity_ray.sweep.results import format_table, to_csv
+from plasticity_ray.tables import format_table, to_csv
 
 RUN_ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
                  "first_alarm_tasks", "alarm_lead_tasks", "message"]
@@ -40,10 +40,11 @@ GROUP_FIGURES = [
      "interval.", figures.fig_onset_curves),
 ]
 FIT_FIGURES = [
-    ("fig3_onset_scaling", "Onset against non-embedding parameters on log-log axes with the log-log fit, its "
-     "confidence band and each onset's interval.",
+    ("fig3_onset_scaling", "Onset against non-embedding parameters on log-log axes, per family (variant, learning-rate "
+     "rule): the onsets its fit used with their intervals, the log-log fit and its confidence band.",
      figures.fig_onset_scaling),
-    ("fig10_fits", "The four models of Appendix B fitted to the onsets, each with its confidence band.", figures.fig_fits),
+    ("fig10_fits", "The four models of Appendix B fitted to each family's onsets, each with its confidence band.",
+     figures.fig_fits),
 ]
 
 
@@ -52,7 +53,8 @@ class Analysis:
     out_dir: Path
     onsets: list[dict]  # one row per run group (runs that differ only in their seed)
     run_onsets: list[dict]  # one row per run
-    fits: dict | None
+    families: list[dict]  # one scaling fit per (variant, learning-rate rule); see analysis.scaling
+    fit_points: list[dict]
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (figure or table, why)
     mitigations: list[dict] = field(default_factory=list)
@@ -154,7 +156,8 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, level: flo
     rows, onsets = onset_rows(runs)
     run_groups = group_runs(runs, level)
     groups = [group_row(g) for g in run_groups]
-    result = Analysis(out_dir, groups, rows, None, level=level)
+    families, fit_points = family_fits(groups, level)
+    result = Analysis(out_dir, groups, rows, families, fit_points, level=level)
 
     write_bytes_atomic(out_dir / "onsets.csv", to_csv(groups, GROUP_COLUMNS).encode())
     write_bytes_atomic(out_dir / "run_onsets.csv", to_csv(rows, RUN_ONSET_COLUMNS).encode())
@@ -174,19 +177,20 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, level: flo
     else:
         result.skipped.append(("mitigations.csv", "every run has the same variant: nothing to compare"))
 
-    found = [r for r in groups if r["onset_tasks"] is not None and r["mode"] == "continual"]
-    if len({r["params"] for r in found}) >= 3:
-        result.fits = fit_onsets([r["params"] for r in found], [r["onset_tasks"] for r in found], level=level)
-        write_json_atomic(out_dir / "onset_fits.json", result.fits)
+    if fit_points:
+        write_bytes_atomic(out_dir / "fit_points.csv", to_csv(fit_points, POINT_COLUMNS).encode())
+        result.written.append(out_dir / "fit_points.csv")
+    if any(f["fit"] for f in families):
+        write_json_atomic(out_dir / "onset_fits.json", {"level": level, "families": families})
         result.written.append(out_dir / "onset_fits.json")
     else:
-        result.skipped.append(("onset_fits.json", f"onsets found for {len({r['params'] for r in found})} model "
-                               "size(s); the scaling fits need 3"))
+        why = "; ".join(f"{f['family']}: {f['why_no_fit']}" for f in families) or "no continual run groups"
+        result.skipped.append(("onset_fits.json", why))
 
     captions = []
     jobs = [(stem, caption, lambda f=fn: f(runs, onsets)) for stem, caption, fn in RUN_FIGURES]
     jobs += [(stem, caption, lambda f=fn: f(run_groups)) for stem, caption, fn in GROUP_FIGURES]
-    jobs += [(stem, caption, lambda f=fn: f(groups, result.fits)) for stem, caption, fn in FIT_FIGURES]
+    jobs += [(stem, caption, lambda f=fn: f(families, level)) for stem, caption, fn in FIT_FIGURES]
     for stem, caption, draw in jobs:
         try:
             fig = draw()
@@ -205,17 +209,33 @@ def format_analysis(result: Analysis) -> str:
     words, the variants side by side, the best fit, what was skipped and where the report is."""
     lines = [format_table(result.run_onsets, [c for c in RUN_ONSET_COLUMNS if c != "message"])]
     lines += [f"  {row['trial_id']}: {row['message']}" for row in result.run_onsets]
-    lines += ["\nconclusions per run group (runs that differ only in their seed):"]
+    lines += ["\nconclusions per run group (runs that differ only in their seed):" + _tested(result)]
     lines += [f"  {row['message']}" for row in result.onsets]
     if len({r["variant"] for r in result.mitigations}) > 1:
         lines += ["\nvariants side by side (mean over seeds; cost = last-cycle train loss vs 'none'):",
                   format_table(result.mitigations, MITIGATION_COLUMNS)]
-    if result.fits:
-        best = result.fits["best"]
-        lines.append(f"best scaling fit (leave-one-out RMSE): {best}, b = {_coefficient(result.fits, best, 'b')}")
+    for family in result.families:
+        if family["fit"]:
+            best = family["fit"]["best"]
+            lines.append(f"scaling fit of {family['family']}: best (leave-one-out RMSE) {best}, b = "
+                         f"{_coefficient(family['fit'], best, 'b')}; {_fit_count(family)}")
     lines += [f"skipped {name}: {why}" for name, why in result.skipped]
     lines.append(f"report, tables and figures: {result.out_dir / 'report.md'} ({len(result.written)} files)")
     return "\n".join(lines)
+
+
+def _fit_count(family: dict) -> str:
+    left = family["left_out"]
+    reasons = "; ".join(f"{x['group']}: {x['why']}" for x in left)
+    return f"{len(family['points'])} onset(s) fitted, {len(left)} left out" + (f" ({reasons})" if left else "")
+
+
+def _tested(result: Analysis) -> str:
+    tested = next((g["groups_tested"] for g in result.onsets if g["groups_tested"]), 0)
+    if tested > 1:
+        return (f" The verdicts of the {tested} groups tested are one family: p-values are Holm-adjusted (family-wise "
+                f"error at {1 - result.level:.0%}), the adjusted one decides.")
+    return f" {tested} group tested: no adjustment for multiplicity needed." if tested else " No group has a verdict."
 
 
 def _coefficient(fits: dict, model: str, name: str) -> str:
@@ -231,7 +251,7 @@ def _fmt(value, spec: str) -> str:
 def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> str:
     lines = [f"# Plasticity analysis of {', '.join(d.name for d in experiment_dirs)}", "",
              "## Conclusions", "", "Per group of runs that differ only in their seed; intervals at "
-             f"{result.level:.0%} (see the README's Analysis section for how they are made).", ""]
+             f"{result.level:.0%} (see the README's Analysis section for how they are made)." + _tested(result), ""]
     lines += [f"- {g['message']}" for g in result.onsets]
     lines += ["", "## Onsets per run", "", "| run | size | params | probes | onset (tasks) | onset (tokens) | note |",
               "|---|---|---:|---:|---:|---:|---|"]
@@ -239,13 +259,23 @@ def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> s
         tokens = f"{r['onset_tokens']:.3g}" if r["onset_tokens"] is not None else "-"
         lines.append(f"| {r['trial_id']} | {r['size']} | {r['params']:,} | {r['probes']} | "
                      f"{r['onset_tasks'] if r['onset_tasks'] is not None else '-'} | {tokens} | {r['message']} |")
-    if result.fits:
-        lines += ["", "## Scaling fits (Appendix B)", "", f"Coefficients with {result.level:.0%} confidence intervals.", "",
+    for family in result.families:
+        lines += ["", f"## Scaling fit (Appendix B): {family['family']}", "",
+                  "| group | params | onset (tasks) | interval | verdict | fitted |", "|---|---:|---:|---|---|---|"]
+        for p in (p for p in result.fit_points if p["family"] == family["family"]):
+            interval = f"[{p['onset_lo']}, {p['onset_hi']}]" if p["onset_lo"] is not None else "-"
+            lines.append(f"| {p['group']} | {p['params']:,} | {_fmt(p['onset_tasks'], 'd')} | {interval} | {p['verdict']} | "
+                         f"{p['note']} |")
+        if not family["fit"]:
+            lines.append(f"\nNo fit: {family['why_no_fit']}.")
+            continue
+        fits = family["fit"]
+        lines += ["", f"Coefficients with {result.level:.0%} confidence intervals ({_fit_count(family)}).", "",
                   "| model | formula | a | b | R² | RMSE | LOO RMSE |", "|---|---|---:|---:|---:|---:|---:|"]
-        for name, m in result.fits["models"].items():
-            lines.append(f"| {name} | {m['formula']} | {_coefficient(result.fits, name, 'a')} | "
-                         f"{_coefficient(result.fits, name, 'b')} | {m['r2']:.4f} | {m['rmse']:.3f} | {m['loo_rmse']:.3f} |")
-        lines.append(f"\nBest by leave-one-out RMSE: **{result.fits['best']}**.")
+        for name, m in fits["models"].items():
+            lines.append(f"| {name} | {m['formula']} | {_coefficient(fits, name, 'a')} | "
+                         f"{_coefficient(fits, name, 'b')} | {m['r2']:.4f} | {m['rmse']:.3f} | {m['loo_rmse']:.3f} |")
+        lines.append(f"\nBest by leave-one-out RMSE: **{fits['best']}**.")
     if len({r["variant"] for r in result.mitigations}) > 1:
         lines += ["", "## Mitigations", "", "Mean over seeds; cost = last-cycle train loss relative to `none`.", "",
                   "| size | variant | runs | onset (tasks) | per run | final AUC change % | last-cycle train loss | cost % |",

@@ -61,6 +61,12 @@ class Run:
         return resolve_size(self.size).paper_lr if lr == "paper" else lr
 
     @property
+    def lr_rule(self) -> str:
+        """How the LR was chosen: the paper's per-size rule (Table II) or one fixed value."""
+        lr = self.spec["optimizer"]["lr"]
+        return "paper LR" if lr == "paper" else f"lr {float(lr):.3g}"
+
+    @property
     def label(self) -> str:
         extra = f", {self.variant}" if self.variant != "none" else ""
         return f"{self.size} (lr {self.lr:.2g}, seed {self.spec['seed']}{extra})"

@@ -162,7 +162,7 @@ def _call(job):
     return function(*args)
 
 
-def calibration_study(groups: int = 2500, grid_groups: int = 400, draws: int = DRAWS, seed: int = 2026,
+def calibration_study(groups: int = 5000, grid_groups: int = 400, draws: int = DRAWS, seed: int = 2026,
                       workers: int | None = None, seeds: tuple[int, ...] = SEEDS,
                       replicates: tuple[int, ...] = REPLICATES, models: tuple[str, ...] = NOISE_MODELS,
                       grid: bool = True, say: Callable[[str], None] = print) -> dict:

@@ -25,7 +25,7 @@ from plasticity_ray.spec.protocol import max_concurrent_trials
 from plasticity_ray.rundir import SPEC_FILE
 from plasticity_ray.storage import as_path, check_storage, storage_dir, uri
 from plasticity_ray.analysis.runs import load_run
-from plasticity_ray.sweep.results import trial
+from plasticity_ray.analysis.tables import trial
 from plasticity_ray.tracking import track_group_verdicts
 from plasticity_ray.trial import experiment_dir, run_dir, run_training
 

@@ -36,21 +36,59 @@ def test_one_experiment_gets_onsets_figures_and_says_what_it_skipped(experiments
         assert (analysis / f"{stem}.png").stat().st_size > 1000 and (analysis / f"{stem}.svg").exists()
         assert f"![{stem}]({stem}.png)" in (analysis / "report.md").read_text()
     assert not (analysis / "fig3_onset_scaling.png").exists()
-    assert "skipped fig3_onset_scaling: needs onsets of at least 3 runs to fit" in out
+    assert "skipped fig3_onset_scaling: no family (variant, learning-rate rule) has onsets of 3 model sizes" in out
     assert "skipped fig4_stationary: no stationary run with at least 2 probes" in out
-    assert "skipped onset_fits.json: onsets found for 2 model size(s); the scaling fits need 3" in out
+    assert "skipped onset_fits.json: none, paper LR: onsets fitted for 2 model size(s); the scaling fits need 3" in out
 
 
-def test_several_experiments_combine_into_the_scaling_fit(experiments, tmp_path):
+def test_several_experiments_combine_into_one_scaling_fit_per_family(experiments, tmp_path, write_run, capsys):
+    """The paper's family (variant none, the paper's LR) across 5M/12M/27M, beside another variant
+    and another LR rule; a bound-only onset and an onset whose rise is noise are left out and counted."""
+    import numpy as np
+
+    from plasticity_ray.model.sizes import resolve_size
+
     first, second = experiments
+    third = tmp_path / "c"
+    for size, curve in (("5M", CURVES["27M"]), ("12M", CURVES["12M"]), ("27M", CURVES["5M"])):  # onsets 48, 32, 24
+        write_run(third, f"sp_{size}", size, "paper", curve, baseline=3.5, label="shrink_perturb")
+    write_run(third, "39M_run", "39M", "paper", [3.0, 3.1, 3.2, 3.3, 3.4], baseline=3.5)  # rises from the start
+    for seed, curve in enumerate(([3.2, 3.0, 2.9, 3.0, 3.0, 3.1, 3.0], [2.9, 3.1, 3.0, 2.95, 3.1, 2.9, 3.1])):
+        write_run(third, f"53M_seed{seed}", "53M", "paper", curve, baseline=3.5, seed=seed)  # a noise-sized rise
+    write_run(third, "83M_fixed_lr", "83M", 1e-3, CURVES["27M"], baseline=3.5)
     out = tmp_path / "combined"
-    assert main(["analyze", str(first), str(second), "--out", str(out)]) == 0
-    fits = json.loads((out / "onset_fits.json").read_text())
-    assert set(fits["models"]) == {"linear", "linear_log", "exponential", "log_log"}
-    assert fits["models"]["linear"]["r2"] <= 1.0
+    assert main(["analyze", str(first), str(second), str(third), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+
+    families = json.loads((out / "onset_fits.json").read_text())["families"]
+    assert [f["family"] for f in families] == ["none, paper LR", "none, lr 0.001", "shrink_perturb, paper LR"]
+    paper, fixed_lr, shrink = families
+    params = {s: resolve_size(s).non_embedding_params for s in ("5M", "12M", "27M")}
+    assert [(p["params"], p["onset_tasks"]) for p in paper["points"]] == [(params[s], ONSETS[s]) for s in ("5M", "12M", "27M")]
+    assert {x["group"]: x["why"] for x in paper["left_out"]} == {
+        "39M (lr 0.0017)": "left out: only a bound (at or before the first window)",
+        "53M (lr 0.0016)": "left out: its rise is not distinguishable from noise"}
+    # The paper family's log-log fit is least squares on its own three points, computed here by numpy.
+    slope, intercept = np.polyfit(np.log([params[s] for s in ("5M", "12M", "27M")]),
+                                  np.log([ONSETS[s] for s in ("5M", "12M", "27M")]), 1)
+    assert paper["fit"]["models"]["log_log"]["b"] == pytest.approx(slope)
+    assert paper["fit"]["models"]["log_log"]["a"] == pytest.approx(intercept)
+    shrink_slope, _ = np.polyfit(np.log([params[s] for s in ("5M", "12M", "27M")]), np.log([48, 32, 24]), 1)
+    assert slope > 0 > shrink_slope and shrink["fit"]["models"]["log_log"]["b"] == pytest.approx(shrink_slope)
+    assert [p["onset_tasks"] for p in shrink["points"]] == [48, 32, 24]
+    assert fixed_lr["fit"] is None and "onsets fitted for 1 model size(s)" in fixed_lr["why_no_fit"]
+
+    with open(out / "fit_points.csv") as f:
+        points = list(csv.DictReader(f))
+    assert len(points) == 3 + 2 + 3 + 1  # every continual group, in its family
+    assert sum(p["fitted"] == "True" for p in points) == 3 + 3 + 1
+    assert {p["note"] for p in points if p["group"].startswith("5M (lr 0.003)")} == {
+        "fitted; no calibrated verdict of loss (one seed)"}
+    assert "scaling fit of none, paper LR: best (leave-one-out RMSE)" in printed and "3 onset(s) fitted, 2 left out" in printed
     assert (out / "fig3_onset_scaling.png").exists() and (out / "fig10_fits.png").exists()
     report = (out / "report.md").read_text()
-    assert "## Scaling fits (Appendix B)" in report and "| 27M_run | 27M |" in report
+    assert "## Scaling fit (Appendix B): none, paper LR" in report and "## Scaling fit (Appendix B): shrink_perturb, paper LR" in report
+    assert "left out: only a bound" in report
 
 
 def test_a_directory_without_runs_is_a_clear_error(tmp_path, capsys):

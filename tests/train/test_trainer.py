@@ -247,7 +247,9 @@ def test_a_worker_crash_on_the_gpu_code_path_resumes_exactly(demo_prepared, demo
     digests = lambda s: [(r["task"], r["step"], r["batch_digest"], r["loss"]) for r in _metrics(s)]
     assert digests(crashed) == digests(reference)
     rows = _metrics(reference)
-    assert rows[-1]["redo_recycled"] >= 0 and all(r["loss"] == r["loss"] for r in rows)  # the hooks ran; no NaN
+    # The step hooks ran inside the compiled graph's loop: ReDo reported its count every 4 steps,
+    # continual backprop replaced mature units (1% of them a step), and no loss is NaN.
+    assert "redo_recycled" in rows[-1] and rows[-1]["cbp_replaced"] > 0 and all(r["loss"] == r["loss"] for r in rows)
     probe = json.loads((second.run_dir / "probes" / "task-00003.json").read_text())
     diagnostics = json.loads((second.run_dir / "diagnostics" / "task-00003.json").read_text())
     assert probe["status"] == "ok" and probe["device"] == "cpu" and diagnostics["attention_entropy"]["per_head"]
