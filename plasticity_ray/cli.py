@@ -277,13 +277,14 @@ def cmd_bench(args) -> int:
 
         record = bench_main_command(args.argv, args.runs, Path(__file__).resolve().parents[1])
     elif args.bench_command == "calibration":
-        from plasticity_ray.bench.calibration import calibration_study, format_calibration, summary
+        from plasticity_ray.bench.calibration import calibration_study, format_summary, summary
         from plasticity_ray.bench.record import header
 
+        started = header(args.argv)  # the commit and date the study started from
         study = calibration_study(args.groups, args.grid_groups, args.draws, args.seed, args.workers,
                                   say=lambda line: print(line, file=sys.stderr))
-        record = {**header(args.argv), **study, "summary": summary(study)}
-        print(format_calibration(record), file=sys.stderr)
+        record = {**started, **study, "summary": summary(study)}
+        print(format_summary(record), file=sys.stderr)
     else:
         from plasticity_ray.bench.train import bench_train
 

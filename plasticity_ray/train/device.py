@@ -25,6 +25,12 @@ MEMORY_HEADROOM = 0.10
 CPU_MICRO_BATCH_TOKENS = 2**16  # CPU memory is not the limit; this keeps a CPU step's activations modest
 
 
+def memory_budget(free: int, total: int, gpu_share: float) -> int:
+    """Bytes a process may plan for: what is free, but no more than its share of the whole GPU (the
+    rest belongs to the processes Ray placed beside it, which may not have allocated yet)."""
+    return int(min(free, total * min(1.0, gpu_share)))
+
+
 @dataclass
 class DeviceOps:
     """How to run on `device`. `gpu_share` is the fraction of the GPU this process was given (Ray's
@@ -60,8 +66,7 @@ class DeviceOps:
         if self.budget_bytes is not None:
             return self.budget_bytes
         if self.is_gpu:
-            free, total = torch.cuda.mem_get_info(self.device)
-            return int(min(free, total * min(1.0, self.gpu_share)))
+            return memory_budget(*torch.cuda.mem_get_info(self.device), self.gpu_share)
         return None
 
     def reset_peak(self) -> None:

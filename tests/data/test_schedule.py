@@ -90,6 +90,16 @@ def stationary(demo_spec):
     return with_overrides(demo_spec, {"schedule.mode": "stationary", "schedule.mixture_weights": weights})
 
 
+def test_the_stationary_mixture_is_uniform_by_default(demo_spec):
+    """§V-B's mixture of the eight languages, none favoured, when no weights are given."""
+    plain = with_overrides(demo_spec, {"schedule.mode": "stationary"})
+    assert plain.schedule.mixture_weights is None
+    quotas = mixture_quotas(plain)
+    per_task = rows_per_task(plain)
+    assert list(quotas) == ["en", "zh", "fr", "ja", "es", "de", "pt", "ru"] and sum(quotas.values()) == per_task
+    assert max(quotas.values()) - min(quotas.values()) <= 1 and min(quotas.values()) == per_task // 8
+
+
 def test_stationary_quotas_match_the_weights(stationary):
     quotas = mixture_quotas(stationary)
     per_task = rows_per_task(stationary)

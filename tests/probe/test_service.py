@@ -44,6 +44,8 @@ def test_one_probe_row_per_probe_point_and_the_baseline(probed_run):
     probes = {r["task_index"]: r for r in read_rows(summary.run_dir, "probes")}
     assert sorted(probes, key=lambda k: -1 if k is None else k) == [None, 5, 7, 13, 15]  # after de, cycle ends
     assert probes[None]["checkpoint"] is None and probes[None]["status"] == "ok"  # the baseline
+    # Each probe point draws its own subsample: the n-th probe point of the run is draw n.
+    assert {task: probes[task]["probe_index"] for task in (5, 7, 13, 15)} == {5: 0, 7: 1, 13: 2, 15: 3}
     for task, row in probes.items():
         assert row["auc"] > 0 and len(row["curve"]) >= 2
         if task is not None:

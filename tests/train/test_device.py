@@ -6,7 +6,9 @@ import torch
 
 from plasticity_ray.model.gpt import GPT, GPTConfig
 from plasticity_ray.errors import ResourceError
-from plasticity_ray.train.device import MEMORY_HEADROOM, DeviceOps, micro_batch, optimizer_state_bytes, search_micro_batch
+from plasticity_ray.train.device import (
+    MEMORY_HEADROOM, DeviceOps, memory_budget, micro_batch, optimizer_state_bytes, search_micro_batch,
+)
 
 
 def test_the_search_takes_the_largest_divisor_within_the_limit_in_few_tries():
@@ -64,6 +66,9 @@ def test_a_process_sharing_a_gpu_sizes_on_its_share():
     a probe on 0.5 GPU each); the CPU has no such budget unless one is injected."""
     assert DeviceOps(torch.device("cpu"), gpu_share=0.5).free_memory() is None
     assert DeviceOps(torch.device("cpu"), budget_bytes=123).free_memory() == 123
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        assert DeviceOps(torch.device("cuda"), gpu_share=0.5).free_memory() == int(min(free, total * 0.5))
+    gib = 2**30
+    # An 80 GiB GPU shared half and half: 70 GiB free still gives this process 40; with 30 GiB free
+    # (its neighbour has allocated 50), 30; a share above 1 is the whole GPU at most.
+    assert memory_budget(70 * gib, 80 * gib, 0.5) == 40 * gib
+    assert memory_budget(30 * gib, 80 * gib, 0.5) == 30 * gib
+    assert memory_budget(75 * gib, 80 * gib, 2.0) == 75 * gib
