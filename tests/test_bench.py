@@ -55,6 +55,31 @@ def test_the_device_check_runs_at_cpu_size(ray_session, tmp_path):
     rounds = size["trainer_vs_reference_rounds"]  # the paired ratios of alternating rounds; the ratio is their median
     assert len(rounds) == 2 and size["trainer_vs_reference"] == pytest.approx(sum(rounds) / 2, abs=1e-3)
     pipeline = record["pipeline"]
-    assert pipeline["checks"] == {name: True for name in pipeline["checks"]} and pipeline["all_ok"]
+    assert pipeline["checks"] == {name: True for name in (
+        "complete", "crashed_and_resumed", "every_metric_row_once", "probe_rows", "diagnostics_rows",
+        "probes_on_the_device", "diagnostics_on_the_device", "losses_finite")} and pipeline["all_ok"]
     assert len(pipeline["probe_aucs"]) == 3  # after en, after zh, and the baseline
     assert set(record["targets"]) == {"L1-d64_trainer_vs_reference", "L1-d64_ray_overhead"}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
+
+
+def test_the_readme_quotes_the_committed_records():
+    """The README's measured figures are the committed records': the demo's conclusion and time
+    (`bench main-command`) and the calibration table (`bench calibration`)."""
+    from plasticity_ray.bench.calibration import format_summary
+
+    readme = (REPO / "README.md").read_text()
+    main_command = json.loads((REPO / "results" / "bench" / "main_command_cpu.json").read_text())
+    assert len(main_command["commit"]) == 40 and len(main_command["runs"]) >= 2
+    for run in main_command["runs"]:
+        assert run["exit_code"] == 0 and run["conclusions"]
+        assert all(line in readme for line in run["conclusions"])
+        assert _minutes(run["wall_s"]) in readme
+    calibration = json.loads((REPO / "results" / "calibration.json").read_text())
+    assert format_summary(calibration) in readme
+    assert calibration["groups_per_cell"] >= 2500 and len(calibration["commit"]) == 40
+    # The issue's bar, on the committed record: wherever a verdict or interval is given.
+    assert calibration["summary"]["max_false_loss"] <= 0.12 and calibration["summary"]["min_coverage"] >= 0.85
