@@ -19,6 +19,7 @@ are the TypedDicts below.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -126,12 +127,24 @@ def read_jsonl(path: Path, key: tuple[str, ...] = ("task", "step")) -> list[dict
     return sorted(rows.values(), key=lambda r: tuple(r.get(k) for k in key))
 
 
+_WARNED: set[str] = set()
+
+
 def read_job_rows(run_dir: Path, kind: str) -> list[JobRow]:
-    """Every row of one kind in a run directory (error rows included, marked status=failed)."""
+    """Every row of one kind in a run directory (error rows included, marked status=failed). A
+    damaged row (half a document: a full disk, an interrupted copy) is skipped with one warning."""
     folder = run_dir / kind
     if not folder.exists():
         return []
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            rows.append(json.loads(path.read_text()))
+        except ValueError:
+            if str(path) not in _WARNED:
+                _WARNED.add(str(path))
+                print(f"warning: {path}: damaged row (not a JSON document), skipped", file=sys.stderr)
+    return rows
 
 
 def read_alarms(run_dir: Path) -> list[dict]:

@@ -248,3 +248,17 @@ def test_run_identity_is_declared_per_field():
                  "mitigations": [{"name": "weight_clipping"}], "model.attention_sink": True}
     for path, value in different.items():
         assert run_id(with_overrides(base, {path: value})) != run_id(base), path
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`plasticity-ray validate SPEC | head -1`: the pipe closes before the output is written."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    done = subprocess.run([sys.executable, "-m", "plasticity_ray.cli", "validate", str(EXPERIMENTS[0])],
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert done.stderr == "" and done.returncode == 1

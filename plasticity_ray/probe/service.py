@@ -22,7 +22,8 @@ import ray
 
 from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, PROBES, JobRow, ProbePoint, point_key, row_path
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.storage import as_path, write_json_atomic
+from plasticity_ray.storage import as_path, uri, write_json_atomic
+from plasticity_ray.train.metrics import EventFile
 
 NAMESPACE = "plasticity-ray"
 IDLE_EXIT_S = 1800.0
@@ -62,8 +63,6 @@ def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> JobRo
 
 
 def _tensorboard(run_dir: Path, kind: str, row: dict) -> None:
-    from tensorboardX import SummaryWriter
-
     if row["checkpoint"] is None:
         return  # the baseline is one number, in its row
     scalars = {"auc": row.get("auc")} if kind == PROBES else {
@@ -72,10 +71,10 @@ def _tensorboard(run_dir: Path, kind: str, row: dict) -> None:
         "lazy_heads_percent": (row.get("attention_entropy") or {}).get("lazy_percent"),
         "collapsed_heads_percent": (row.get("attention_entropy") or {}).get("collapsed_percent"),
     }
-    with SummaryWriter(str(run_dir / "tensorboard" / kind)) as writer:
-        for name, value in scalars.items():
-            if value is not None:
-                writer.add_scalar(f"{kind}/{name}", value, row["task_index"])
+    # One file per job: jobs of one run finishing in the same second must not share a file name.
+    events = EventFile(uri(run_dir / "tensorboard" / kind), suffix=f".{point_key(row['task_index'])}")
+    events.add({f"{kind}/{name}": value for name, value in scalars.items() if value is not None}, row["task_index"])
+    events.close()
 
 
 @ray.remote(num_cpus=0)

@@ -55,10 +55,12 @@ def adaptation_drop(task_rows: list[dict], window: int) -> float | None:
 class AlarmBook:
     """Rank 0's record of signals and alarms for one run."""
 
-    def __init__(self, spec: AlarmSpec, run_dir: Path):
+    def __init__(self, spec: AlarmSpec, run_dir: Path, keep_until: int | None = None):
+        """`keep_until`: as `RunLog`'s: a resumed run measures the tasks after its checkpoint again
+        (signals only: one task can raise several alarms, which `RunLog`'s trim would merge)."""
         self.spec = spec
-        self.signals = RunLog(run_dir, SIGNALS_FILE)
-        self.alarms = RunLog(run_dir, ALARMS_FILE, tensorboard=False)
+        self.signals = RunLog(run_dir, SIGNALS_FILE, tensorboard="signals", keep_until=keep_until)
+        self.alarms = RunLog(run_dir, ALARMS_FILE, tensorboard=None)
         self.history = read_jsonl(run_dir / SIGNALS_FILE, key=("task",))
 
     def record(self, task: Task, global_step: int, tokens_seen: int, task_rows: list[dict],

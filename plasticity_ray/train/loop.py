@@ -92,7 +92,7 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         resumed_at = self.position.task * spec.steps_per_task + self.position.step
         self.log = RunLog(run_dir, keep_until=resumed_at) if rank == 0 else None
-        self.alarm_book = AlarmBook(spec.alarms, run_dir) if rank == 0 and spec.alarms.enabled else None
+        self.alarm_book = AlarmBook(spec.alarms, run_dir, resumed_at) if rank == 0 and spec.alarms.enabled else None
         self.task_rows: list[dict] = []  # this task's metric rows, for the alarm signals
         self.last_rows: torch.Tensor | None = None
         self.last_row: dict = {}

@@ -218,3 +218,17 @@ def test_seeds_form_a_group_whose_conclusions_carry_their_uncertainty(tmp_path, 
     assert {p["auc_sd"] is not None for p in result["probes"] if p["size"] == "5M"} == {True}
     with open(root / "groups.csv") as f:
         assert {r["size"]: r["message"] for r in csv.DictReader(f)}["5M"] == five["message"]
+
+
+def test_a_damaged_probe_row_is_skipped_with_one_warning(tmp_path, write_run, capsys):
+    """Half a JSON document (a full disk, an interrupted copy) costs that probe, not the analysis."""
+    root = tmp_path / "damaged"
+    write_run(root, "run", "5M", "paper", CURVES["27M"], baseline=3.5)
+    damaged = root / "run" / "probes" / "task-00007.json"
+    damaged.write_text(damaged.read_text()[:20])
+    assert main(["analyze", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert [line for line in captured.err.splitlines() if "damaged" in line] == [
+        f"warning: {damaged}: damaged row (not a JSON document), skipped"]
+    with open(root / "analysis" / "run_onsets.csv") as f:
+        assert next(csv.DictReader(f))["probes"] == str(len(CURVES["27M"]) - 1)

@@ -52,6 +52,13 @@ def test_one_probe_row_per_probe_point_and_the_baseline(probed_run):
             assert row["language"] == ("de" if task % 8 == 5 else "ru")
     diagnostics = {r["task_index"]: r for r in read_rows(summary.run_dir, "diagnostics")}
     assert sorted(diagnostics) == [5, 7, 13, 15]
+    # TensorBoard's own reader: each probe's AUC and each point's diagnostics once, at its task index.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for kind, tag in (("probes", "probes/auc"), ("diagnostics", "diagnostics/weight_magnitude")):
+        events = EventAccumulator(str(summary.run_dir / "tensorboard" / kind)).Reload().Scalars(tag)
+        assert [e.step for e in events] == [5, 7, 13, 15]
+    assert [e.value for e in events] == pytest.approx([diagnostics[t]["weight_magnitude"] for t in (5, 7, 13, 15)])
     assert diagnostics[5]["weight_distance"] is None and diagnostics[7]["weight_distance"] > 0
     assert 0 <= diagnostics[15]["dormant_units"]["percent"] <= 100
 

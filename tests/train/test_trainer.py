@@ -35,6 +35,13 @@ def _tiny(spec, storage, **overrides):
     return with_overrides(spec, {**base, **overrides})
 
 
+def _events(folder, tag):
+    """A tag's scalar events as TensorBoard itself reads a folder of event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(folder)).Reload().Scalars(tag)
+
+
 def _final_weights(spec):
     last = checkpoint.checkpoints(run_dir(spec))[-1]
     return torch.load(last / "model.pt", weights_only=True)
@@ -250,6 +257,13 @@ def test_a_worker_crash_on_the_gpu_code_path_resumes_exactly(demo_prepared, demo
     # The step hooks ran inside the compiled graph's loop: ReDo reported its count every 4 steps,
     # continual backprop replaced mature units (1% of them a step), and no loss is NaN.
     assert "redo_recycled" in rows[-1] and rows[-1]["cbp_replaced"] > 0 and all(r["loss"] == r["loss"] for r in rows)
+    # TensorBoard's own reader sees every logged step once in the crashed run, signals too: the
+    # resumed writers purged what the crash left after the checkpoint, and each log has its folder.
+    steps = lambda folder, tag: [e.step for e in _events(run_dir(crashed) / "tensorboard" / folder, tag)]
+    assert steps("train", "train/loss") == [r["global_step"] for r in _metrics(crashed)]
+    assert steps("signals", "signals/grad_norm_mean") == [r["global_step"] for r in
+                                                          read_rows(run_dir(crashed) / "signals.jsonl", key=("task",))]
+    assert len(steps("signals", "signals/grad_norm_mean")) == 4  # one per task
     probe = json.loads((second.run_dir / "probes" / "task-00003.json").read_text())
     diagnostics = json.loads((second.run_dir / "diagnostics" / "task-00003.json").read_text())
     assert probe["status"] == "ok" and probe["device"] == "cpu" and diagnostics["attention_entropy"]["per_head"]
