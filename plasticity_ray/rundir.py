@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
+from plasticity_ray.storage import read_text
+
 SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.jsonl"
 SIGNALS_FILE = "signals.jsonl"
@@ -117,13 +119,12 @@ def read_jsonl(path: Path, key: tuple[str, ...] = ("task", "step")) -> list[dict
     if not path.exists():
         return []
     rows: dict = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            rows[tuple(row.get(k) for k in key)] = row
+    for line in read_text(path).splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        rows[tuple(row.get(k) for k in key)] = row
     return sorted(rows.values(), key=lambda r: tuple(r.get(k) for k in key))
 
 

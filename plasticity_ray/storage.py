@@ -10,10 +10,12 @@ a prepared unit's manifest entry). Appending to an object rewrites it whole.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from upath import UPath
@@ -97,6 +99,21 @@ def write_bytes_atomic(path: os.PathLike, data: bytes) -> None:
 
 def write_json_atomic(path: os.PathLike, payload: dict | list) -> None:
     write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_text(path: os.PathLike, attempts: int = 5) -> str:
+    """A file's text. On object storage another process's append replaces the whole object, and an
+    object replaced between its listing and its read makes s3fs raise EBUSY (FileExpired): the read
+    then starts again on the new object."""
+    path = as_path(path)
+    for attempt in range(1, attempts):
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                raise
+            time.sleep(0.05 * attempt)
+    return path.read_text(encoding="utf-8")
 
 
 def append_text(path: os.PathLike, text: str) -> None:
