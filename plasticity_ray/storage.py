@@ -10,12 +10,10 @@ a prepared unit's manifest entry). Appending to an object rewrites it whole.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 from upath import UPath
@@ -101,19 +99,14 @@ def write_json_atomic(path: os.PathLike, payload: dict | list) -> None:
     write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_text(path: os.PathLike, attempts: int = 5) -> str:
-    """A file's text. On object storage another process's append replaces the whole object, and an
-    object replaced between its listing and its read makes s3fs raise EBUSY (FileExpired): the read
-    then starts again on the new object."""
+def read_text(path: os.PathLike) -> str:
+    """A file's text. On object storage another process's append replaces the whole object: the
+    object is fetched in one request (whichever version is current, whole), not opened and read in
+    ranges, which fails with s3fs's FileExpired when the object is replaced in between."""
     path = as_path(path)
-    for attempt in range(1, attempts):
-        try:
-            return path.read_text(encoding="utf-8")
-        except OSError as err:
-            if err.errno != errno.EBUSY:
-                raise
-            time.sleep(0.05 * attempt)
-    return path.read_text(encoding="utf-8")
+    if is_local(path):
+        return path.read_text(encoding="utf-8")
+    return path.fs.cat_file(path.path).decode("utf-8")
 
 
 def append_text(path: os.PathLike, text: str) -> None:
