@@ -53,11 +53,14 @@ def family_fits(group_rows: list[dict], level: float = LEVEL) -> tuple[list[dict
             used, note = fit_point(row)
             points.append({"family": name, **{k: row[k] for k in POINT_COLUMNS if k in row}, "fitted": used,
                            "note": note})
-            (fitted if used else left_out).append(row)
+            if used:
+                fitted.append(row)
+            elif row["onset_tasks"]:
+                left_out.append({"group": row["group"], "why": note})
         family = {"family": name, "variant": members[0]["variant"], "lr_rule": members[0]["lr_rule"],
                   "points": [{k: r[k] for k in ("group", "size", "params", "onset_tasks", "onset_lo", "onset_hi",
                                                 "verdict")} for r in fitted],
-                  "left_out": [{"group": r["group"], "why": fit_point(r)[1]} for r in left_out if r["onset_tasks"]],
+                  "left_out": left_out,
                   "fit": None, "why_no_fit": None}
         sizes = len({r["params"] for r in fitted})
         if sizes >= 3:

@@ -16,6 +16,12 @@ import os
 import time
 from pathlib import Path
 
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.proto.summary_pb2 import Summary
+from tensorboardX.record_writer import directory_check
+from tensorboardX.summary import scalar
+
 from plasticity_ray.rundir import METRICS_FILE, read_jsonl
 from plasticity_ray.storage import append_text, is_local, uri, write_bytes_atomic
 
@@ -27,28 +33,16 @@ class EventFile:
     name carries `suffix`, so writers in one folder never share a name."""
 
     def __init__(self, folder: str, suffix: str = "", purge_step: int | None = None):
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.record_writer import directory_check
-
         directory_check(folder)
         self._writer = EventsWriter(f"{folder}/events", suffix)
         if purge_step is not None:  # TensorBoard hides what an earlier attempt logged at this step and later
-            self._write(purge_step, session_log=self._proto().SessionLog(status=self._proto().SessionLog.START))
-
-    @staticmethod
-    def _proto():
-        from tensorboardX.proto import event_pb2
-
-        return event_pb2
+            self._write(purge_step, session_log=SessionLog(status=SessionLog.START))
 
     def _write(self, step: int, **fields) -> None:
-        self._writer.write_event(self._proto().Event(wall_time=time.time(), step=step, **fields))
+        self._writer.write_event(Event(wall_time=time.time(), step=step, **fields))
         self._writer.flush()
 
     def add(self, scalars: dict[str, float], step: int) -> None:
-        from tensorboardX.proto.summary_pb2 import Summary
-        from tensorboardX.summary import scalar
-
         values = [value for tag, number in scalars.items() for value in scalar(tag, number).value]
         self._write(step, summary=Summary(value=values))
 
