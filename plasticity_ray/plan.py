@@ -189,9 +189,9 @@ def _wall_hours(spec: ExperimentSpec, trials: list[TrialPlan], gpus: int) -> tup
     if not spec.resources.gpus_per_worker:  # a CPU spec, planned as if each worker and probe had a GPU
         spec = with_overrides(spec, {"resources.gpus_per_worker": 1, "resources.probe_gpus": 1})
     r = spec.resources
-    concurrent = max_concurrent_trials(spec, {"GPU": float(gpus)})
+    concurrent = min(max_concurrent_trials(spec, {"GPU": float(gpus)}), len(trials))
     training_gpus = r.workers * r.gpus_per_worker
-    slots = [0.0] * min(concurrent, len(trials))
+    slots = [0.0] * concurrent
     for trial in trials:
         heapq.heappush(slots, heapq.heappop(slots) + trial.train_gpu_hours / training_gpus)
     probe_pool = r.max_concurrent_probes * (r.probe_gpus or 1)

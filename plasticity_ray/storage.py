@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from upath import UPath
 
@@ -66,13 +67,46 @@ def arrow_location(path: os.PathLike):
     return _arrow_filesystem(f"{path.protocol}://{path.path.split('/', 1)[0]}"), path.path
 
 
+def bucket_of(path: os.PathLike) -> str:
+    """`s3://bucket` of an object-store path (what a message names)."""
+    path = as_path(path)
+    return f"{path.protocol}://{path.path.split('/', 1)[0]}"
+
+
+def _explain(err: BaseException, location: str) -> str | None:
+    """One line for an object-store client failure a user can fix (credentials, endpoint), else None.
+    Matched by the client's class names so that no client library is imported to recognise its errors."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}:
+        how = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE naming a profile in "
+               "~/.aws/credentials" if location.startswith("s3://") else "set GOOGLE_APPLICATION_CREDENTIALS")
+        return f"{location}: no credentials for object storage ({how})"
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError"}:
+        url = urlsplit(getattr(err, "kwargs", {}).get("endpoint_url", "") or os.environ.get("AWS_ENDPOINT_URL", ""))
+        where = f"the object store at {url.scheme}://{url.netloc}" if url.netloc else "the object store"
+        return f"{location}: cannot reach {where} (check AWS_ENDPOINT_URL or the network)"
+    return None
+
+
+def _quick(path: UPath) -> UPath:
+    """The same object through a client that gives up after one try of a few seconds: a check
+    should say at once that an endpoint is wrong, not after a minute of retries."""
+    if path.protocol != "s3":
+        return path
+    quick = UPath(str(path), use_listings_cache=False, skip_instance_cache=True,
+                  config_kwargs={"connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 1}})
+    quick.fs.retries = 1
+    return quick
+
+
 def check_storage(storage_path: str) -> None:
-    """Fail early, in one line, when object storage cannot be written: no such bucket, or no access."""
+    """Fail early, in one line, when object storage cannot be written: no such bucket, no access,
+    no credentials, or no endpoint that answers."""
     root = storage_dir(storage_path)
     if is_local(root):
         return
-    probe = root / ".plasticity-ray-write-check"
-    bucket = f"{root.protocol}://{root.path.split('/', 1)[0]}"
+    probe = _quick(root / ".plasticity-ray-write-check")
+    bucket = bucket_of(root)
     try:
         probe.write_bytes(b"ok")
         probe.unlink()
@@ -80,8 +114,25 @@ def check_storage(storage_path: str) -> None:
         raise StorageError(f"storage_path: {storage_path}: bucket {bucket} does not exist") from None
     except PermissionError:
         raise StorageError(f"storage_path: {storage_path}: access to {bucket} denied (check the credentials)") from None
-    except OSError as err:
-        raise StorageError(f"storage_path: {storage_path}: cannot write ({err})") from None
+    except Exception as err:
+        raise StorageError(f"storage_path: {_explain(err, storage_path) or f'{storage_path}: cannot write ({err})'}") from None
+
+
+def require_dir(path: os.PathLike) -> None:
+    """A directory (or bucket prefix) that must exist to be read; one line when it does not."""
+    path = as_path(path)
+    if is_local(path):
+        if not path.is_dir():
+            raise StorageError(f"{path}: not a directory")
+        return
+    quick = _quick(path)
+    try:
+        if quick.is_dir():
+            return
+        bucket_there = quick.fs.exists(bucket_of(path))
+    except Exception as err:
+        raise StorageError(_explain(err, str(path)) or f"{path}: cannot read ({err})") from None
+    raise StorageError(f"{path}: nothing stored here" if bucket_there else f"{path}: bucket {bucket_of(path)} does not exist")
 
 
 def write_bytes_atomic(path: os.PathLike, data: bytes) -> None:

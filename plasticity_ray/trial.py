@@ -93,11 +93,24 @@ class _ProgressTail(threading.Thread):
         self.offset = path.stat().st_size if path.exists() else 0
         self.started, self.first_tokens = time.time(), None
         self.last_step = -1
+        self.outage = False
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
+            self._poll_through_outages()
+        self._poll_through_outages()
+
+    def _poll_through_outages(self) -> None:
+        """A storage outage pauses the progress lines (said once), never ends them: the run itself
+        retries its writes and stops on its own if storage stays away."""
+        try:
             self.poll()
-        self.poll()
+        except Exception as err:  # whatever the storage client raises; the next poll tries again
+            if not self.outage:
+                self.say(f"progress: cannot read {self.path} ({type(err).__name__}); waiting for storage")
+            self.outage = True
+        else:
+            self.outage = False
 
     def poll(self) -> None:
         self._read_rows()

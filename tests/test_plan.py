@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from plasticity_ray.plan import plan, summary_line
+from plasticity_ray.plan import format_plan, plan, summary_line
 from plasticity_ray.spec import ExperimentSpec, load_spec
 
 # L1-d64: non-embedding 1·(12·64² + 13·64) + 2·64 = 50,112; byte vocabulary 320; seq_len 16.
@@ -62,6 +62,12 @@ def test_sweep_wall_time_and_storage_by_hand():
     # Shards: en, zh and vi, 1000 training tokens (63 rows of 17 int32) and 100 validation (7 rows).
     assert result.shard_bytes == 3 * (63 + 7) * 17 * 4
     assert result.storage_bytes == 3 * (63 + 7) * 17 * 4 + 3 * (2 * PARAMS * 12 + 5 * PARAMS * 4)
+
+
+def test_a_single_trial_runs_one_at_a_time():
+    result = plan(tiny(), gpu="h100", gpus=8, mfu=0.5)
+    assert result.concurrent_trials == 1
+    assert "1 trial(s) at once" in "\n".join(format_plan(result))
 
 
 def test_paper_protocol_training_cost_is_the_architecture_figure():

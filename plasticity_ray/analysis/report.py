@@ -13,7 +13,7 @@ from plasticity_ray.analysis.onset import LEVEL, Onset, find_onset
 from plasticity_ray.analysis.runs import Run, load_runs
 from plasticity_ray.analysis.scaling import POINT_COLUMNS, family_fits
 from plasticity_ray.errors import UserError
-from plasticity_ray.storage import write_bytes_atomic, write_json_atomic
+from plasticity_ray.storage import require_dir, write_bytes_atomic, write_json_atomic
 from plasticity_ray.tables import format_table, to_csv
 
 RUN_ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
@@ -146,9 +146,8 @@ def _save(fig, stem: Path) -> list[Path]:
 def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, level: float = LEVEL) -> Analysis:
     """Everything above for the runs of `experiment_dirs`, written to `out_dir` (default: the first
     experiment's `analysis/`), with intervals at `level`."""
-    missing = [d for d in experiment_dirs if not d.is_dir()]
-    if missing:
-        raise UserError(f"{', '.join(map(str, missing))}: not a directory")
+    for experiment_dir in experiment_dirs:
+        require_dir(experiment_dir)
     runs = load_runs(experiment_dirs)
     if not runs:
         raise UserError(f"no runs in {', '.join(map(str, experiment_dirs))} (a run directory holds spec.json)")

@@ -65,6 +65,11 @@ def _assign_split(batch: pa.Table, fraction: float) -> pa.Table:
 
 def _hf(source: HFSource, language: str) -> tuple[ray.data.Dataset, str]:
     config = source.configs.get(language, language)
+    if source.dataset.startswith(("/", "./", "../", "~")) and not _is_local(source):  # a path, not a Hub id
+        raise DataError(f"hf dataset {source.dataset!r}: no such local directory (data.source.dataset)")
+    saved = _saved_per_language(source, language, config)
+    if saved is not None:
+        return _text_column(ray.data.from_huggingface(saved), source.text_field), "datasets (save_to_disk)"
     try:
         paths, filesystem = _parquet_files(source, config) if source.reader != "datasets" else ([], None)
         if paths:
@@ -86,11 +91,48 @@ def _hf(source: HFSource, language: str) -> tuple[ray.data.Dataset, str]:
         if message is None:
             raise
         raise DataError(message) from None
-    return (ds.rename_columns({source.text_field: "text"}) if source.text_field != "text" else ds), reader
+    return _text_column(ds, source.text_field), reader
+
+
+def _text_column(ds: ray.data.Dataset, field: str) -> ray.data.Dataset:
+    return ds.rename_columns({field: "text"}) if field != "text" else ds
 
 
 def _is_local(source: HFSource) -> bool:
     return os.path.isdir(os.path.expanduser(source.dataset))
+
+
+def _is_saved(path: Path) -> bool:
+    """A directory `datasets.save_to_disk` wrote (a Dataset or a DatasetDict)."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _saved_per_language(source: HFSource, language: str, config: str):
+    """The language's dataset when the local directory holds one `save_to_disk` output per
+    language (<dir>/<config>), None when it is not such a layout. One saved dataset for all
+    languages is refused: nothing in it says which document is which language's."""
+    if not _is_local(source):
+        return None
+    root = Path(os.path.expanduser(source.dataset))
+    if _is_saved(root):
+        raise DataError(f"hf dataset {source.dataset!r} is one dataset saved with save_to_disk for every language; "
+                        f"save each language's documents on its own, as {source.dataset}/<language> (e.g. /{config})")
+    if not any(_is_saved(sub) for sub in root.iterdir() if sub.is_dir()):
+        return None
+    if not _is_saved(root / config):
+        raise DataError(f"{language}: hf dataset {source.dataset!r} holds datasets saved per language but none in "
+                        f"{config}/ (set data.source.configs.{language} to its folder)")
+    import datasets
+
+    saved = datasets.load_from_disk(str(root / config))
+    if isinstance(saved, datasets.DatasetDict):
+        if source.split not in saved:
+            raise DataError(f"{language}: hf dataset {source.dataset!r} ({config}) has no split {source.split!r} "
+                            f"(it has: {', '.join(saved)}); set data.source.split")
+        saved = saved[source.split]
+    if source.text_field not in saved.column_names:
+        raise DataError(_no_text_field(source, config, saved.column_names))
+    return saved.select_columns([source.text_field])
 
 
 def _parquet_files(source: HFSource, config: str) -> tuple[list[str], object]:
@@ -181,8 +223,8 @@ def _files(source: FilesSource, language: str) -> ray.data.Dataset:
         field = source.text_field
         parts.append(ray.data.read_binary_files(by_kind[".jsonl"], include_paths=True).flat_map(lambda r: _json_lines(r, field)))
     if ".parquet" in by_kind:
-        ds = ray.data.read_parquet(by_kind[".parquet"]).select_columns([source.text_field])
-        parts.append(ds.rename_columns({source.text_field: "text"}) if source.text_field != "text" else ds)
+        parts.append(_text_column(ray.data.read_parquet(by_kind[".parquet"]).select_columns([source.text_field]),
+                                  source.text_field))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 

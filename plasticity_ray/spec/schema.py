@@ -120,6 +120,31 @@ class FilesSource(_Section):
 Source = Annotated[Union[BuiltinSource, HFSource, FilesSource], Field(discriminator="kind")]
 
 
+def _shared_sources(source: "Source", languages: list[str]) -> str | None:
+    """Why two languages would read the same documents (the probe language's leaking into a
+    training pool, or one language's mix posing as several), or None."""
+    if isinstance(source, HFSource):
+        if "{config}" not in source.data_files and source.reader != "datasets":
+            return (f"source.data_files: {source.data_files!r} has no {{config}}, so every language would "
+                    "read the same files")
+        read_by: dict[str, list[str]] = {}
+        for language in languages:
+            read_by.setdefault(source.configs.get(language, language), []).append(language)
+        named = {config: langs for config, langs in read_by.items() if len(langs) > 1}
+        if named:
+            config, langs = next(iter(named.items()))
+            return (f"source.configs: {', '.join(langs)} all read config {config!r} of {source.dataset!r}; "
+                    "each language needs its own documents")
+    if isinstance(source, FilesSource):
+        listed_by: dict[str, str] = {}
+        for language, patterns in source.paths.items():
+            for pattern in patterns:
+                first = listed_by.setdefault(pattern, language)
+                if first != language:
+                    return f"source.paths: {pattern!r} is listed for both {first} and {language}"
+    return None
+
+
 class DataSpec(_Section):
     source: Source = Field(default_factory=BuiltinSource)
     tokenizer: Literal["qwen3", "byte"] = "qwen3"
@@ -137,6 +162,9 @@ class DataSpec(_Section):
     def _probe_language_is_held_out(self) -> "DataSpec":
         if self.probe_language in self.languages:
             raise ValueError(f"probe_language {self.probe_language!r} must not be one of the training languages")
+        shared = _shared_sources(self.source, [*self.languages, self.probe_language])
+        if shared:
+            raise ValueError(shared)
         return self
 
     def pool_tokens(self, language: str, split: str) -> int | None:

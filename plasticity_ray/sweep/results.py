@@ -15,7 +15,7 @@ from plasticity_ray.analysis.runs import load_run
 from plasticity_ray.analysis.tables import PROBE_COLUMNS, TRIAL_COLUMNS, replicate_sd, trial
 from plasticity_ray.errors import UserError
 from plasticity_ray.rundir import run_dirs
-from plasticity_ray.storage import write_bytes_atomic
+from plasticity_ray.storage import require_dir, write_bytes_atomic
 from plasticity_ray.tables import to_csv
 
 def tables(experiment_dir: Path) -> dict[str, list[dict]]:
@@ -40,8 +40,7 @@ def write_tables(experiment_dir: Path, result: dict[str, list[dict]]) -> list[Pa
 
 def experiment_tables(experiment_dir: Path) -> tuple[dict[str, list[dict]], list[Path]]:
     """The experiment's tables, also written as CSV next to the runs (and where)."""
-    if not experiment_dir.is_dir():
-        raise UserError(f"{experiment_dir}: not a directory")
+    require_dir(experiment_dir)
     result = tables(experiment_dir)
     if not result["trials"]:
         raise UserError(f"{experiment_dir}: no runs here (a run directory holds spec.json)")

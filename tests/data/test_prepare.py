@@ -252,18 +252,73 @@ def _hf_dataset_dir(root, layout: str, configs: dict[str, str]):
     return root
 
 
+def _assert_each_pool_holds_its_own_language(prepared, languages):
+    tok = ByteTokenizer()
+    for lang in languages:
+        for split in ("train", "validation"):
+            data = prepared.unit(lang, split).read_all().reshape(-1)
+            pieces = np.split(data, np.flatnonzero(data == tok.eot_id) + 1)
+            seen = {tok.decode(p[:-1]) for p in pieces if len(p) and p[-1] == tok.eot_id}
+            assert seen and seen <= set(_docs(lang)), (lang, split)  # only this language's documents
+
+
+def test_hf_source_reads_datasets_saved_per_language(ray_session, tmp_path):
+    """`datasets.save_to_disk` once per language (a Dataset, or a DatasetDict with the split) is
+    read as such: every pool, the probe language's above all, holds its own documents only."""
+    import datasets
+
+    root = tmp_path / "saved"
+    for lang in ("en", "zh", "vi"):
+        ds = datasets.Dataset.from_dict({"body": _docs(lang)})
+        (datasets.DatasetDict({"train": ds}) if lang == "zh" else ds).save_to_disk(str(root / lang))
+    spec = _small_spec(tmp_path, {"kind": "hf", "dataset": str(root), "text_field": "body"})
+    prepared = prepare(spec, **QUIET)
+    _assert_each_pool_holds_its_own_language(prepared, ("en", "zh", "vi"))
+    assert {s["reader"] for s in prepared.stats()["languages"].values()} == {"datasets (save_to_disk)"}
+
+
+def test_one_saved_dataset_for_every_language_is_refused_with_advice_that_works(ray_session, tmp_path):
+    import datasets
+
+    root = tmp_path / "mixed"
+    datasets.Dataset.from_dict({"text": _docs("en") + _docs("zh") + _docs("vi")}).save_to_disk(str(root))
+    with pytest.raises(DataError) as err:
+        prepare(_small_spec(tmp_path, {"kind": "hf", "dataset": str(root)}), **QUIET)
+    assert str(err.value) == (f"hf dataset '{root}' is one dataset saved with save_to_disk for every language; save "
+                              f"each language's documents on its own, as {root}/<language> (e.g. /en)")
+    # What the earlier advice led to — every language reading the same config — is refused by the spec.
+    with pytest.raises(ValueError, match="source.configs: en, zh, vi all read config 'default' of .*; each "
+                                         "language needs its own documents"):
+        _small_spec(tmp_path, {"kind": "hf", "dataset": str(root),
+                               "configs": {"en": "default", "zh": "default", "vi": "default"}})
+
+
+@pytest.mark.parametrize("source,message", [
+    ({"kind": "files", "paths": {"en": ["docs.txt"], "zh": ["zh.txt"], "vi": ["docs.txt"]}},
+     "source.paths: 'docs.txt' is listed for both en and vi"),
+    ({"kind": "hf", "dataset": "org/name", "data_files": "data/*.parquet"},
+     "source.data_files: 'data/*.parquet' has no {config}, so every language would read the same files"),
+], ids=["files", "hf-data-files"])
+def test_a_spec_that_would_give_two_languages_the_same_documents_is_refused(tmp_path, source, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _small_spec(tmp_path, source)
+
+
+def test_a_missing_local_hf_directory_is_named_before_any_network(ray_session, tmp_path):
+    missing = tmp_path / "no-such-dataset"
+    with pytest.raises(DataError) as err:
+        prepare(_small_spec(tmp_path, {"kind": "hf", "dataset": str(missing)}), **QUIET)
+    assert str(err.value) == f"hf dataset '{missing}': no such local directory (data.source.dataset)"
+
+
 @pytest.mark.parametrize("layout", ["jsonl", "csv", "parquet"])
 def test_hf_source_loads_a_local_dataset_with_configs_through_datasets(ray_session, tmp_path, layout, capsys):
     root = _hf_dataset_dir(tmp_path / f"ds-{layout}", layout, {"en": "english", "zh": "zh", "vi": "vietnamese"})
     source = {"kind": "hf", "dataset": str(root), "text_field": "body", "configs": {"en": "english", "vi": "vietnamese"}}
     spec = _small_spec(tmp_path, source)
     prepared = prepare(spec, **QUIET)
-    tok = ByteTokenizer()
+    _assert_each_pool_holds_its_own_language(prepared, ("en", "zh", "vi"))
     for lang in ("en", "zh", "vi"):
-        data = prepared.unit(lang, "train").read_all().reshape(-1)
-        pieces = np.split(data, np.flatnonzero(data == tok.eot_id) + 1)
-        seen = {tok.decode(p[:-1]) for p in pieces if len(p) and p[-1] == tok.eot_id}
-        assert seen and seen <= set(_docs(lang)), lang  # each language read its own config
         assert prepared.stats()["languages"][lang]["reader"] == "datasets"
     assert main(["data", "stats", _spec_file(spec)]) == 0
     assert "datasets" in capsys.readouterr().out  # `data stats` says which reader
