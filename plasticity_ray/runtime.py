@@ -13,8 +13,22 @@ from plasticity_ray.spec import ExperimentSpec
 
 
 def init_ray() -> None:
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    if not on_cluster():
+        # A local Ray started here, configured so that its output holds nothing a user must not act
+        # on: Ray Train's preemption watcher stays off, because nothing preempts a local node and
+        # starting its actor logs an internal "E ... core_worker" line in every trial.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # Ray turns token authentication on for a new local Ray and says so at WARNING in every
+    # command; it stays on, and only that notice is left out.
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
         ray.init(logging_level=logging.WARNING)
+    finally:
+        notice.setLevel(level)
 
 
 def on_cluster() -> bool:
