@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +30,7 @@ from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
 from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, read_jsonl
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
-from plasticity_ray.storage import append_text, as_path, check_storage, storage_dir, uri, write_json_atomic
+from plasticity_ray.storage import append_text, as_path, check_storage, is_local, storage_dir, uri, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
 from plasticity_ray.spec.protocol import probe_ordinal
 from plasticity_ray.train.hooks import Hooks
@@ -228,11 +229,23 @@ def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], N
     ray.get(service.wait.remote(str(directory)))
 
 
+def with_absolute_locations(spec: ExperimentSpec) -> ExperimentSpec:
+    """The spec with the places it names made absolute where the command was started: trials and
+    workers run in working directories of Ray's own. That is the storage path, and the directory W&B
+    keeps its local files in — a relative `tracking.wandb.dir`, or with object storage (where W&B
+    cannot write) the command's own directory (its `wandb/`) instead of the run directory."""
+    root = storage_dir(spec.storage_path)
+    changes: dict = {"storage_path": uri(root)}
+    wandb = spec.tracking.wandb
+    if wandb is not None and (wandb.dir or not is_local(root)):
+        changes["tracking.wandb"] = {**wandb.model_dump(), "dir": os.path.abspath(os.path.expanduser(wandb.dir or "."))}
+    return with_overrides(spec, changes)
+
+
 def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callbacks: list | None = None) -> RunSummary:
     """Train one run of `spec` to the end (or continue it) and wait for its probes; data is prepared
     first if needed. `callbacks` go to Ray Train (a sweep passes Tune's report callback)."""
-    # Workers run in their own working directory: hand them an absolute storage path.
-    spec = with_overrides(spec, {"storage_path": uri(storage_dir(spec.storage_path))})
+    spec = with_absolute_locations(spec)
     check_storage(spec.storage_path)
     directory = run_dir(spec)
     metrics = directory / METRICS_FILE

@@ -60,7 +60,8 @@ def killed_once(demo_spec, tmp_path_factory, s3_server, ray_session):
     so only Tune's retry of the whole trial can finish the sweep. Everything lives in a bucket of the
     tests' local S3 (moto): prepared data, Tune's state, the runs and their checkpoints, results and
     analysis. Both trackers watch: MLflow on a local SQLite store (made first, as a user's would be)
-    and W&B in offline mode."""
+    and W&B in offline mode with no directory named, so its runs go where the README says: `wandb/`
+    in the directory the sweep was started from."""
     from mlflow import MlflowClient
 
     local = tmp_path_factory.mktemp("killed")
@@ -70,9 +71,14 @@ def killed_once(demo_spec, tmp_path_factory, s3_server, ray_session):
         "data.train_tokens": 100_000,  # what 3 tasks per language need, and little to upload
         "debug.fail_at_step": 13, "debug.fail_by": "sigkill", "train.max_failures": 0, "sweep.max_failures": 1,
         "tracking.mlflow": {"tracking_uri": f"sqlite:///{local}/mlflow.db"},
-        "tracking.wandb": {"project": "plasticity-tests", "mode": "offline", "dir": str(local)},
+        "tracking.wandb": {"project": "plasticity-tests", "mode": "offline"},
     })
-    return spec, run_sweep(spec, **QUIET)
+    started_in = os.getcwd()
+    os.chdir(local)
+    try:
+        return spec, run_sweep(spec, **QUIET), local
+    finally:
+        os.chdir(started_in)
 
 
 def _keys(s3, prefix: str) -> list[str]:
@@ -81,7 +87,7 @@ def _keys(s3, prefix: str) -> list[str]:
 
 
 def test_the_sweep_lives_in_the_bucket(killed_once, s3_server):
-    spec, summary = killed_once
+    spec, summary, _ = killed_once
     assert str(summary.experiment_dir) == f"s3://{BUCKET}/runs/{spec.name}"
     keys = _keys(s3_server, "runs/")
     assert any(k.startswith("runs/prepared/") and k.endswith("manifest.json") for k in keys)
@@ -97,7 +103,7 @@ def test_the_sweep_lives_in_the_bucket(killed_once, s3_server):
 
 
 def test_every_trial_completes_with_probes_after_a_killed_worker(killed_once):
-    spec, summary = killed_once
+    spec, summary, _ = killed_once
     assert summary.errors == [] and summary.unfinished == 0
     result = _results_json(summary.experiment_dir)
     assert sorted(t["size"] for t in result["trials"]) == ["L1-d64", "L2-d64"]
@@ -115,7 +121,7 @@ def test_every_trial_completes_with_probes_after_a_killed_worker(killed_once):
 def test_tune_saw_the_trials_and_their_probe_results(killed_once):
     from ray import tune
 
-    _, summary = killed_once
+    _, summary, _ = killed_once
     results = tune.Tuner.restore(str(summary.experiment_dir / "tune"), trainable=run_trial).get_results()
     assert len(results) == 2
     for result in results:
@@ -127,7 +133,7 @@ def test_tune_saw_the_trials_and_their_probe_results(killed_once):
 
 
 def test_analyze_draws_what_the_sweep_measured_and_names_what_it_did_not(killed_once, capsys):
-    _, summary = killed_once
+    _, summary, _ = killed_once
     assert main(["analyze", str(summary.experiment_dir)]) == 0
     out = capsys.readouterr().out
     analysis = summary.experiment_dir / "analysis"
@@ -151,7 +157,7 @@ def _expected(run: Path) -> tuple[list[int], dict[int, float]]:
 def test_mlflow_holds_each_trial_once_through_the_kill_and_retry(killed_once):
     from mlflow import MlflowClient
 
-    spec, summary = killed_once
+    spec, summary, _ = killed_once
     client = MlflowClient(spec.tracking.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(spec.name)
     runs = client.search_runs([experiment.experiment_id])
@@ -204,10 +210,10 @@ def _key(item) -> str:
 
 
 def test_wandb_offline_holds_each_trial_once_through_the_kill_and_retry(killed_once):
-    spec, summary = killed_once
+    spec, summary, started_in = killed_once
     for directory in (p.parent for p in summary.experiment_dir.glob(f"*/{COMPLETE_FILE}")):
         steps, aucs = _expected(directory)
-        records = _wandb_records(Path(spec.tracking.wandb.dir), directory.name)
+        records = _wandb_records(started_in, directory.name)  # in ./wandb, not in Ray's working directories
         history = [{_key(i): json.loads(i.value_json) for i in r.history.item} for r in records
                    if r.WhichOneof("record_type") == "history"]
         assert [h["global_step"] for h in history if "train/loss" in h] == steps
@@ -219,10 +225,32 @@ def test_wandb_offline_holds_each_trial_once_through_the_kill_and_retry(killed_o
         assert config["model"]["size"] == directory.name.split("_")[0]
 
 
+def test_tensorboard_reads_every_step_probe_and_diagnostics_row_once_from_the_bucket(killed_once, tmp_path):
+    """TensorBoard's own reader on each run's event objects, fetched from the bucket: every training
+    step once through the kill and retry (the retried trial purged what followed its checkpoint),
+    every probe AUC and diagnostics row once, at its task index."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from plasticity_ray.storage import as_path
+
+    def events(folder, tag):
+        return EventAccumulator(str(folder)).Reload().Scalars(tag)
+
+    _, summary, _ = killed_once
+    for directory in (p.parent for p in summary.experiment_dir.glob(f"*/{COMPLETE_FILE}")):
+        steps, aucs = _expected(directory)
+        remote, local = as_path(directory / "tensorboard"), tmp_path / directory.name
+        remote.fs.get(remote.path, str(local), recursive=True)
+        assert [e.step for e in events(local / "train", "train/loss")] == steps
+        probes = events(local / "probes", "probes/auc")
+        assert {e.step + 1: e.value for e in probes} == pytest.approx(aucs)
+        assert [e.step for e in events(local / "diagnostics", "diagnostics/weight_magnitude")] == [e.step for e in probes]
+
+
 def test_the_probe_service_is_closed_after_the_sweep(killed_once, ray_session):
     from plasticity_ray.probe.service import NAMESPACE, service_name
 
-    spec, _ = killed_once
+    spec, _, _ = killed_once
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
