@@ -41,6 +41,7 @@ def missing_resources(spec: ExperimentSpec, cluster: dict[str, float]) -> list[s
     needs = [("training", "CPU", r.workers * r.cpus_per_worker), ("training", "GPU", r.workers * r.gpus_per_worker)]
     if spec.probe.enabled:
         needs += [("a probe job", "CPU", r.probe_cpus), ("a probe job", "GPU", r.probe_gpus)]
+        needs += [("the probe service", name, amount) for name, amount in r.service_resources.items()]
     return [f"{what} needs {amount:g} {kind}, the cluster has {cluster.get(kind, 0.0):g}"
             for what, kind, amount in needs if amount > cluster.get(kind, 0.0) + 1e-9]
 

@@ -28,7 +28,8 @@ from ray.train.torch import TorchTrainer
 from plasticity_ray.data.prepare import prepare
 from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
-from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, read_jsonl
+from plasticity_ray.rundir import (BASELINE, COMPLETE_FILE, DIAGNOSTICS, METRICS_FILE, PROBE_POINTS_FILE, PROBES, SPEC_FILE,
+                                   ProbePoint, point_key, read_jsonl, row_path)
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
 from plasticity_ray.storage import append_text, as_path, check_storage, is_local, storage_dir, uri, write_json_atomic
 from plasticity_ray.train.checkpoint import check, checkpoints
@@ -78,6 +79,7 @@ def progress_line(spec: ExperimentSpec, row: dict, started: float, first_tokens:
     )
 
 
+FINISH_ATTEMPTS = 3  # rounds of submitting a run's unmeasured probe points, each after its service came back
 TRACKED_JOBS_EVERY_S = 15.0  # how often the trackers are sent the probe and diagnostics jobs that finished
 
 
@@ -215,18 +217,38 @@ def _summary(directory: Path) -> RunSummary:
 
 
 def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], None]) -> None:
-    """Submit again every probe point of the run that has no row yet (a sweep or service stopped
-    before they ran; the service skips measured and running ones), then wait for the run's jobs."""
+    """Submit again every probe point of the run (a sweep or service stopped before they ran; the
+    service skips measured and running ones), then wait for the run's jobs. A service that lost its
+    node comes back without its queue: the points still unmeasured then are submitted again."""
     service = get_service(spec)
     spec_json = spec.model_dump(mode="json")
-    if spec.probe.baseline:
-        service.submit.remote(spec_json, baseline_request(spec, directory))
-    for point in read_jsonl(directory / PROBE_POINTS_FILE, key=("task_index",)):
-        service.submit.remote(spec_json, point_request(ProbePoint(**point), probe_ordinal(spec, point["task_index"])))
-    pending = ray.get(service.status.remote(str(directory)))["pending"]
-    if pending:
-        say(f"training done; waiting for {pending} probe/diagnostics job(s) of this run")
-    ray.get(service.wait.remote(str(directory)))
+    requests = [baseline_request(spec, directory)] if spec.probe.baseline else []
+    requests += [point_request(ProbePoint(**point), probe_ordinal(spec, point["task_index"]))
+                 for point in read_jsonl(directory / PROBE_POINTS_FILE, key=("task_index",))]
+    for attempt in range(FINISH_ATTEMPTS):
+        for request in requests:
+            service.submit.remote(spec_json, request)
+        pending = ray.get(service.status.remote(str(directory)))["pending"]
+        if pending and attempt == 0:
+            say(f"training done; waiting for {pending} probe/diagnostics job(s) of this run")
+        ray.get(service.wait.remote(str(directory)))
+        missing = [r for r in requests if not _measured(spec, directory, r)]
+        if not missing:
+            return
+        if attempt + 1 < FINISH_ATTEMPTS:
+            say(f"the probe service came back without its queue (a lost node): {len(missing)} probe point(s) "
+                "submitted again")
+    say(f"warning: {len(missing)} probe point(s) of {directory.name} still unmeasured; "
+        "running the command again submits them again")
+
+
+def _measured(spec: ExperimentSpec, directory: Path, request: dict) -> bool:
+    """Whether every job of a probe request has written its row (an error row counts)."""
+    baseline = request["checkpoint"] is None
+    key = BASELINE if baseline else point_key(request["task_index"])
+    kinds = [PROBES] + ([DIAGNOSTICS] if spec.diagnostics.enabled and not baseline else [])
+    return all(row_path(directory, kind, key).exists() or row_path(directory, kind, f"{key}.error").exists()
+               for kind in kinds)
 
 
 def with_absolute_locations(spec: ExperimentSpec) -> ExperimentSpec:

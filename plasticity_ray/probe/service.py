@@ -187,10 +187,14 @@ class ProbeService:
 
 
 def get_service(spec: ExperimentSpec):
-    """The experiment's probe service, started (detached, named) if it is not running."""
+    """The experiment's probe service, started (detached, named) if it is not running. When its node
+    is lost Ray starts it again on another node and delivers the calls made meanwhile; what it had
+    queued is gone with it, so whoever waits for a run's jobs submits the missing ones again
+    (`submit` skips measured and running ones)."""
     return ProbeService.options(
         name=service_name(spec), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_concurrency=1000,
+        max_concurrency=1000, max_restarts=-1, max_task_retries=-1,
+        resources=spec.resources.service_resources or None,
         # Not inside the caller's placement group (a Tune trial's captures its children): the
         # service outlives the trial, and its jobs ask for resources of their own.
         scheduling_strategy="DEFAULT",

@@ -255,6 +255,9 @@ class ResourcesSpec(_Section):
     probe_gpus: Annotated[float, Ge(0)] = 1
     probe_cpus: Annotated[float, Gt(0)] = 1
     max_concurrent_probes: PositiveInt = 2
+    # Custom Ray resources the probe service's actor asks for, to place it (e.g. {on_demand: 0.01}
+    # keeps it off spot nodes); it is restarted elsewhere when its node is lost.
+    service_resources: dict[str, Annotated[float, Gt(0)]] = Field(default_factory=dict)
 
 
 class TrainSpec(_Section):
