@@ -73,6 +73,7 @@ def cmd_train(args) -> int:
 
     from plasticity_ray.probe.service import close_service
     from plasticity_ray.runtime import check_resources, init_ray
+    from plasticity_ray.storage import StorageError, storage_problem
     from plasticity_ray.sweep.results import format_probes
     from plasticity_ray.trial import run_training
 
@@ -85,10 +86,18 @@ def cmd_train(args) -> int:
               "Use `--size`, or `plasticity-ray sweep` for the whole sweep.")
     init_ray()
     check_resources(spec)
+    again = f"run `plasticity-ray {' '.join(args.argv)}` again once it answers: the run continues from its last checkpoint there"
     try:
         summary = run_training(spec)
     except TrainingFailedError as err:
-        print(f"error: training failed after {spec.train.max_failures} restart(s): {err}", file=sys.stderr)
+        problem = storage_problem(spec.storage_path)
+        if problem:
+            print(f"error: {problem}; {again}", file=sys.stderr)
+        else:
+            print(f"error: training failed after {spec.train.max_failures} restart(s): {err}", file=sys.stderr)
+        return 1
+    except StorageError as err:  # the driver's own writes gave up
+        print(f"error: {err}; {again}", file=sys.stderr)
         return 1
     close_service(spec)
     if not summary.complete:
@@ -115,6 +124,7 @@ def cmd_sweep(args) -> int:
     from plasticity_ray.describe import describe
     from plasticity_ray.plan import plan, summary_line
     from plasticity_ray.runtime import check_resources, init_ray
+    from plasticity_ray.storage import StorageError, storage_problem
     from plasticity_ray.sweep.tune import run_sweep
 
     spec = _spec(args.spec, {"storage_path": args.storage})
@@ -124,7 +134,23 @@ def cmd_sweep(args) -> int:
     init_ray()
     for point in grid_points(spec):
         check_resources(with_overrides(spec, point))
-    summary = run_sweep(spec, resume=args.resume)
+    resume = (f"continue with `plasticity-ray sweep {args.spec}{' --storage ' + args.storage if args.storage else ''} "
+              "--resume`")
+    try:
+        summary = run_sweep(spec, resume=args.resume)
+    except StorageError as err:
+        print(f"error: {err}; once it answers, {resume}", file=sys.stderr)
+        return 1
+    except OSError as err:  # Tune's own writes to storage failed
+        problem = storage_problem(spec.storage_path)
+        if problem is None:
+            raise
+        print(f"error: {problem}; once it answers, {resume}", file=sys.stderr)
+        return 1
+    problem = storage_problem(spec.storage_path) if summary.errors else None
+    if problem:  # the trials failed because storage went away: that, once, instead of each trial's error
+        print(f"error: {problem}; {len(summary.errors)} trial(s) stopped; once it answers, {resume}", file=sys.stderr)
+        return 1
     print()
     _print_results(summary.experiment_dir, probes=False, groups=bool(summary.unfinished))
     if not summary.unfinished:  # the analysis ends with each group's conclusions
@@ -133,9 +159,7 @@ def cmd_sweep(args) -> int:
     for line in summary.errors:
         print(f"error: trial failed for good: {line}", file=sys.stderr)
     if summary.unfinished:
-        print(f"interrupted: {summary.unfinished} trial(s) unfinished; continue with "
-              f"`plasticity-ray sweep {args.spec}{' --storage ' + args.storage if args.storage else ''} --resume`",
-              file=sys.stderr)
+        print(f"interrupted: {summary.unfinished} trial(s) unfinished; {resume}", file=sys.stderr)
         return 130
     return 1 if summary.errors else 0
 

@@ -14,16 +14,60 @@ import functools
 import json
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import urlsplit
 
 from upath import UPath
 
 from plasticity_ray.errors import UserError
 
+T = TypeVar("T")
+
 
 class StorageError(UserError):
     """A storage location that cannot be used; the message names the bucket or directory."""
+
+
+# How long a write to object storage that does not answer is retried (backoff 1 s, 2 s, ... 30 s)
+# before the work stops; the spec's `storage_retry_s`, set by each process that runs a spec.
+_patience_s = 120.0
+NOT_ANSWERING = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                 "ClientConnectorError", "ServerDisconnectedError", "ConnectionError", "TimeoutError",
+                 "FSTimeoutError"}
+
+
+def set_patience(seconds: float) -> None:
+    global _patience_s
+    _patience_s = seconds
+
+
+def _not_answering(err: BaseException) -> bool:
+    """A failure of the store to answer (connection refused or cut, a timeout), not a refusal."""
+    while err is not None:
+        if {cls.__name__ for cls in type(err).__mro__} & NOT_ANSWERING:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def patiently(action: Callable[[], T], path: os.PathLike) -> T:
+    """`action` on object storage, retried with backoff while the store does not answer, for up to
+    the patience; then one StorageError naming the bucket. Anything else is raised at once."""
+    started, pause = time.monotonic(), 1.0
+    while True:
+        try:
+            return action()
+        except Exception as err:
+            if not _not_answering(err):
+                raise
+            waited = time.monotonic() - started
+            if waited >= _patience_s:
+                raise StorageError(f"{bucket_of(path)}: not answering for {waited:.0f} s "
+                                   f"({type(err).__name__}; storage_retry_s: {_patience_s:g})") from None
+        time.sleep(pause)
+        pause = min(2 * pause, 30.0)
 
 
 def as_path(location: str | os.PathLike) -> UPath:
@@ -118,6 +162,16 @@ def check_storage(storage_path: str) -> None:
         raise StorageError(f"storage_path: {_explain(err, storage_path) or f'{storage_path}: cannot write ({err})'}") from None
 
 
+def storage_problem(storage_path: str) -> str | None:
+    """Why object storage cannot be written right now (one line), or None: asked after work failed,
+    to tell a storage outage from a failure of the work itself."""
+    try:
+        check_storage(storage_path)
+    except StorageError as err:
+        return str(err)
+    return None
+
+
 def require_dir(path: os.PathLike) -> None:
     """A directory (or bucket prefix) that must exist to be read; one line when it does not."""
     path = as_path(path)
@@ -138,7 +192,7 @@ def require_dir(path: os.PathLike) -> None:
 def write_bytes_atomic(path: os.PathLike, data: bytes) -> None:
     path = as_path(path)
     if not is_local(path):
-        path.write_bytes(data)  # one object, one request: whole or absent
+        patiently(lambda: path.write_bytes(data), path)  # one object, one request: whole or absent
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -157,15 +211,18 @@ def read_text(path: os.PathLike) -> str:
     path = as_path(path)
     if is_local(path):
         return path.read_text(encoding="utf-8")
-    return path.fs.cat_file(path.path).decode("utf-8")
+    return patiently(lambda: path.fs.cat_file(path.path), path).decode("utf-8")
 
 
 def append_text(path: os.PathLike, text: str) -> None:
     """Append to a file (flushed to disk); on object storage the object is rewritten whole."""
     path = as_path(path)
     if not is_local(path):
-        before = path.read_bytes() if path.exists() else b""
-        path.write_bytes(before + text.encode("utf-8"))
+        def append() -> None:
+            before = path.read_bytes() if path.exists() else b""
+            path.write_bytes(before + text.encode("utf-8"))
+
+        patiently(append, path)
         return
     with open(path, "a", encoding="utf-8") as f:
         f.write(text)

@@ -31,7 +31,8 @@ from plasticity_ray.probe.service import baseline_request, get_service, point_re
 from plasticity_ray.rundir import (BASELINE, COMPLETE_FILE, DIAGNOSTICS, METRICS_FILE, PROBE_POINTS_FILE, PROBES, SPEC_FILE,
                                    ProbePoint, point_key, read_jsonl, row_path)
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
-from plasticity_ray.storage import append_text, as_path, check_storage, is_local, storage_dir, uri, write_json_atomic
+from plasticity_ray.storage import (append_text, as_path, check_storage, is_local, set_patience, storage_dir, uri,
+                                    write_json_atomic)
 from plasticity_ray.train.checkpoint import check, checkpoints
 from plasticity_ray.spec.protocol import probe_ordinal
 from plasticity_ray.train.hooks import Hooks
@@ -185,6 +186,7 @@ def train_worker(config: dict) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WithoutReportLines())
     spec = ExperimentSpec.model_validate(config["spec"])
+    set_patience(spec.storage_retry_s)
     context = ray.train.get_context()
     trainer = Trainer(spec, as_path(config["run_dir"]), context.get_world_rank(), context.get_world_size(),
                       ray.train.torch.get_device(), default_hooks(spec))
@@ -269,6 +271,7 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     first if needed. `callbacks` go to Ray Train (a sweep passes Tune's report callback)."""
     spec = with_absolute_locations(spec)
     check_storage(spec.storage_path)
+    set_patience(spec.storage_retry_s)
     directory = run_dir(spec)
     metrics = directory / METRICS_FILE
     if (directory / COMPLETE_FILE).exists():

@@ -45,16 +45,36 @@ TEST_OVERRIDES = {
 }
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """A local S3 (moto's server) on the session's port; yields a boto3 client for it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+class LocalS3:
+    """The tests' S3: moto's server on the session's port, which a test may stop and start again
+    (an outage); the buckets stay, since moto keeps them in this process."""
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
-    server.start()
-    yield boto3.client("s3")
-    server.stop()
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+        self.server.start()
+        self.running = True
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.running = False
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    s3 = LocalS3()
+    s3.start()
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_endpoint):
+    """A boto3 client of the local S3."""
+    import boto3
+
+    return boto3.client("s3")
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,106 @@ def test_rows_read_while_another_process_appends_are_whole(s3_server):
         counts.append(len(read_jsonl(path)))
     thread.join()
     assert counts == sorted(counts) and counts[-1] == 301  # every read whole, none lost rows
+
+
+def test_a_write_waits_out_a_short_outage_and_gives_up_on_a_long_one_naming_the_bucket(s3_endpoint, s3_server):
+    import threading
+
+    from plasticity_ray.storage import as_path, set_patience, write_bytes_atomic
+
+    s3_server.create_bucket(Bucket="patience")
+    path = as_path("s3://patience/row.json")
+    back = threading.Timer(3, s3_endpoint.start)
+    try:
+        set_patience(60)
+        s3_endpoint.stop()
+        back.start()
+        write_bytes_atomic(path, b"{}")  # retried until the server is back
+        back.join()
+        assert s3_server.get_object(Bucket="patience", Key="row.json")["Body"].read() == b"{}"
+        set_patience(1)
+        s3_endpoint.stop()
+        with pytest.raises(StorageError, match=r"^s3://patience: not answering for \d+ s \(\w+; storage_retry_s: 1\)$"):
+            write_bytes_atomic(path, b"{}")
+    finally:
+        set_patience(120)
+        back.join()
+        if not s3_endpoint.running:
+            s3_endpoint.start()
+
+
+def _outage_spec(demo_spec, storage, name):
+    """The demo's model (L2-d128: slow enough to stop mid-run) for 2 cycles of 3 languages × 4 steps."""
+    return with_overrides(demo_spec, {
+        "name": name, "storage_path": storage, "model.size": "L2-d128", "data.languages": ["en", "de", "fr"],
+        "data.train_tokens": 100_000, "schedule.cycles": 2, "schedule.tokens_per_task": 32768,
+        "batch.global_tokens": 8192, "train.log_every": 2, "train.report_every": 4, "train.checkpoint_every": 4,
+        "train.eval_every": 0, "train.max_failures": 0, "probe.tokens": 16384, "probe.eval_every": 1,
+        "probe.eval_sequences": 8, "probe.extended": None, "diagnostics.enabled": ["weight_magnitude"],
+        "storage_retry_s": 3, "sweep.grid": {},
+    })
+
+
+@pytest.mark.slow
+def test_storage_that_stops_answering_stops_the_run_in_one_line_and_it_resumes_bit_for_bit(
+        s3_endpoint, s3_server, demo_prepared, demo_spec, tmp_path, capsys):
+    """The S3 server stops mid-run and stays away past `storage_retry_s`: `train` ends with one
+    line naming the bucket and what to do. With the server back, the same command continues from
+    the last checkpoint that reached the bucket (an unfinished one, without its state.json, is
+    never taken for one) and the run ends as an uninterrupted run does, bit for bit."""
+    import threading
+    import time
+
+    import yaml
+
+    from plasticity_ray.cli import main
+    from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, read_jsonl
+    from plasticity_ray.storage import as_path
+    from plasticity_ray.trial import run_dir
+
+    s3_server.create_bucket(Bucket="outage")
+    spec = _outage_spec(demo_spec, "s3://outage/runs", "outage")
+    path = tmp_path / "outage.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    run = as_path(str(run_dir(spec)))
+    stopped = threading.Event()
+
+    def stop_after_rows(rows=5):
+        while not stopped.is_set():
+            if len(read_jsonl(run / METRICS_FILE)) >= rows:
+                s3_endpoint.stop()
+                stopped.set()
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=stop_after_rows, daemon=True)
+    watcher.start()
+    try:
+        assert main(["train", str(path)]) == 1
+    finally:
+        stopped.set()
+        watcher.join()
+        s3_endpoint.start()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "s3://outage" in err[0]
+    assert err[0].endswith(f"run `plasticity-ray train {path}` again once it answers: the run continues from its "
+                           "last checkpoint there")
+    before = read_jsonl(run / METRICS_FILE)
+    assert 5 <= len(before) < spec.tasks * spec.steps_per_task // spec.train.log_every
+    # What an outage in the middle of a checkpoint leaves: its weights, no state.json.
+    s3_server.put_object(Bucket="outage", Key=f"{run.path.split('/', 1)[1]}/checkpoints/step-000000099/model.pt",
+                         Body=b"half")
+
+    assert main(["train", str(path)]) == 0
+    after = read_jsonl(run / METRICS_FILE)
+    assert (run / COMPLETE_FILE).exists()
+    keep = ("global_step", "loss", "batch_digest")
+    trained = lambda rows: [{k: r[k] for k in keep} for r in rows]
+    # Nothing written before the outage was lost (rows after the last checkpoint were trained again,
+    # to the same losses on the same batches).
+    assert trained(after)[:len(before)] == trained(before)
+    reference = run_training(_outage_spec(demo_spec, str(tmp_path / "local"), "outage"), say=lambda line: None)
+    assert trained(after) == trained(read_jsonl(reference.run_dir / METRICS_FILE))
+    complete = json.loads((run / COMPLETE_FILE).read_text())
+    assert complete["replica_digests"] == json.loads((reference.run_dir / COMPLETE_FILE).read_text())["replica_digests"]
+    probes = sorted(p.name for p in (run / "probes").iterdir())
+    assert probes == ["baseline.json", "task-00002.json", "task-00005.json"]  # every probe measured

@@ -22,7 +22,7 @@ import ray
 
 from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, PROBES, JobRow, ProbePoint, point_key, row_path
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.storage import as_path, uri, write_json_atomic
+from plasticity_ray.storage import as_path, set_patience, uri, write_json_atomic
 from plasticity_ray.train.metrics import EventFile
 
 NAMESPACE = "plasticity-ray"
@@ -33,11 +33,18 @@ def service_name(spec: ExperimentSpec) -> str:
     return f"probe-service:{spec.name}"
 
 
+def _first_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err  # a Ray task's error carries the job's own
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
 def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> JobRow:
     """A probe or diagnostics job (runs as a Ray task). Writes its row, or an error row, and returns it."""
     from plasticity_ray.data.prepare import load_prepared
 
     spec = ExperimentSpec.model_validate(spec_json)
+    set_patience(spec.storage_retry_s)
     run_dir = as_path(point["run_dir"])
     key = BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
     started = time.time()
@@ -115,6 +122,9 @@ class ProbeService:
         try:
             async with self.slots:
                 self.done.append(await self.job.remote(kind, spec_json, point, previous))
+        except Exception as err:  # its row could not be written (storage gone, the job's node lost)
+            print(f"probe service: {kind} of {point['run_dir']} at task {point['task_index']} did not finish "
+                  f"({_first_line(err)}); the run submits it again when it waits for its jobs", flush=True)
         finally:
             self._drop(point["checkpoint"])
             self._drop(previous)

@@ -408,6 +408,9 @@ class ExperimentSpec(_Section):
     # A local directory, a file system mounted on every node of a cluster (NFS), or object storage
     # (s3://bucket/prefix, gs://bucket/prefix).
     storage_path: str = Field("runs", json_schema_extra=NOT_TRAINED)
+    # Seconds a write to object storage that does not answer is retried before the work stops (a
+    # run then continues from its last checkpoint in storage when started again).
+    storage_retry_s: Annotated[float, Ge(0)] = Field(120.0, json_schema_extra=NOT_TRAINED)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)

@@ -23,7 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from plasticity_ray.spec import ExperimentSpec, grid_points, point_labels, with_overrides
 from plasticity_ray.spec.protocol import max_concurrent_trials
 from plasticity_ray.rundir import SPEC_FILE
-from plasticity_ray.storage import as_path, check_storage, uri
+from plasticity_ray.storage import as_path, check_storage, set_patience, uri
 from plasticity_ray.analysis.runs import load_run
 from plasticity_ray.analysis.tables import trial
 from plasticity_ray.tracking import track_group_verdicts
@@ -139,6 +139,7 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
 
     spec = with_absolute_locations(spec)
     check_storage(spec.storage_path)
+    set_patience(spec.storage_retry_s)
     _prepare_data(spec, say)
     concurrent = max_concurrent_trials(spec, ray.cluster_resources())
     points = sweep_points(spec)  # a point listed twice is one trial: it would be the same run

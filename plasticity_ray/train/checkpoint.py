@@ -22,7 +22,7 @@ import torch
 from plasticity_ray.errors import UserError
 from plasticity_ray.model.gpt import GPTConfig
 from plasticity_ray.spec import ExperimentSpec, with_overrides
-from plasticity_ray.storage import is_local, remove_tree, write_json_atomic
+from plasticity_ray.storage import is_local, patiently, remove_tree, write_json_atomic
 
 FORMAT = 1
 
@@ -40,6 +40,14 @@ class Position:
 
 
 def _write_dir(final: Path, model_state: dict, optimizer_state: dict | None, state: dict) -> Path:
+    if is_local(final):
+        return _write_dir_once(final, model_state, optimizer_state, state)
+    # Object storage that stops answering mid-checkpoint: written again from the start (its
+    # state.json, written last, is what makes it a checkpoint).
+    return patiently(lambda: _write_dir_once(final, model_state, optimizer_state, state), final)
+
+
+def _write_dir_once(final: Path, model_state: dict, optimizer_state: dict | None, state: dict) -> Path:
     local = is_local(final)
     target = final.with_name(f".{final.name}.tmp") if local else final
     remove_tree(target)  # a leftover of a run that crashed while writing it

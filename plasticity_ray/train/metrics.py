@@ -23,7 +23,7 @@ from tensorboardX.record_writer import directory_check
 from tensorboardX.summary import scalar
 
 from plasticity_ray.rundir import METRICS_FILE, read_jsonl
-from plasticity_ray.storage import append_text, is_local, uri, write_bytes_atomic
+from plasticity_ray.storage import append_text, is_local, patiently, uri, write_bytes_atomic
 
 
 class EventFile:
@@ -34,13 +34,17 @@ class EventFile:
 
     def __init__(self, folder: str, suffix: str = "", purge_step: int | None = None):
         directory_check(folder)
+        self._folder = folder
         self._writer = EventsWriter(f"{folder}/events", suffix)
         if purge_step is not None:  # TensorBoard hides what an earlier attempt logged at this step and later
             self._write(purge_step, session_log=SessionLog(status=SessionLog.START))
 
     def _write(self, step: int, **fields) -> None:
         self._writer.write_event(Event(wall_time=time.time(), step=step, **fields))
-        self._writer.flush()
+        if is_local(self._folder):
+            self._writer.flush()
+        else:  # the whole object is uploaded again: safe to retry while the store does not answer
+            patiently(self._writer.flush, self._folder)
 
     def add(self, scalars: dict[str, float], step: int) -> None:
         values = [value for tag, number in scalars.items() for value in scalar(tag, number).value]
