@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from plasticity_ray.probe.service import get_service
+from plasticity_ray.probe.service import get_service, service_name
 from plasticity_ray.rundir import METRICS_FILE, read_jsonl
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.sweep.tune import run_sweep
@@ -31,11 +31,11 @@ NODE = {"num_cpus": 2, "resources": {"service_host": 1}, "object_store_memory": 
 QUIET = {"say": lambda line: None}
 
 
-def actors_by_node(class_name: str) -> dict[str, int]:
-    """Live actors of a class per node id (Ray's actor table)."""
+def actors_by_node(class_name: str, name: str | None = None) -> dict[str, int]:
+    """Live actors of a class (and `name`, if given) per node id (Ray's actor table)."""
     counts: dict[str, int] = {}
     for actor in ray._private.state.actors().values():
-        if actor["ActorClassName"] == class_name and actor["State"] == "ALIVE":
+        if actor["ActorClassName"] == class_name and actor["State"] == "ALIVE" and name in (None, actor["Name"]):
             node = actor["Address"]["NodeID"]
             counts[node] = counts.get(node, 0) + 1
     return counts
@@ -56,6 +56,9 @@ def remove_when(cluster: Cluster, ready, worker: threading.Thread) -> dict:
         return {"removed": False}
     node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
     on_node = {name: actors_by_node(name).get(node_id, 0) for name in ("RayTrainWorker", "ProbeService")}
+    on_node["services"] = sorted(a["Name"] for a in ray._private.state.actors().values()
+                                 if a["ActorClassName"] == "ProbeService" and a["State"] == "ALIVE"
+                                 and a["Address"]["NodeID"] == node_id)
     removed_at = time.time()
     cluster.remove_node(node, allow_graceful=False)
     cluster.add_node(**NODE)
@@ -80,7 +83,7 @@ def service_node_when_queued(spec: ExperimentSpec, jobs: int, rows: int):
     metrics = run_dir(spec) / METRICS_FILE
 
     def ready():
-        nodes = actors_by_node("ProbeService")
+        nodes = actors_by_node("ProbeService", service_name(spec))  # not an earlier scenario's
         if not nodes or len(read_jsonl(metrics)) < rows:
             return None
         status = ray.get(get_service(spec).status.remote(str(run_dir(spec))), timeout=10)
