@@ -192,3 +192,49 @@ def test_storage_that_stops_answering_stops_the_run_in_one_line_and_it_resumes_b
     assert complete["replica_digests"] == json.loads((reference.run_dir / COMPLETE_FILE).read_text())["replica_digests"]
     probes = sorted(p.name for p in (run / "probes").iterdir())
     assert probes == ["baseline.json", "task-00002.json", "task-00005.json"]  # every probe measured
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_storage_stays_away_ends_in_one_line_and_resumes(s3_endpoint, s3_server, demo_prepared,
+                                                                       demo_spec, tmp_path, capsys):
+    """The same outage under `sweep`: one line naming the bucket with the `--resume` command, no
+    traceback; `--resume` once the server is back ends with the trial complete."""
+    import threading
+    import time
+
+    import yaml
+
+    from plasticity_ray.cli import main
+    from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, read_jsonl
+    from plasticity_ray.storage import as_path
+    from plasticity_ray.trial import run_dir
+
+    s3_server.create_bucket(Bucket="outage")  # the prepared data of the test above is there (us-east-1: no error)
+    spec = with_overrides(_outage_spec(demo_spec, "s3://outage/runs", "sweep-outage"), {"sweep.max_failures": 0})
+    path = tmp_path / "sweep-outage.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    run = as_path(str(run_dir(spec)))
+    stopped = threading.Event()
+
+    def stop_after_rows(rows=5):
+        while not stopped.is_set():
+            if len(read_jsonl(run / METRICS_FILE)) >= rows:
+                s3_endpoint.stop()
+                stopped.set()
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=stop_after_rows, daemon=True)
+    watcher.start()
+    try:
+        assert main(["sweep", str(path)]) == 1
+    finally:
+        stopped.set()
+        watcher.join()
+        s3_endpoint.start()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "s3://outage" in err[0], err
+    assert err[0].endswith(f"continue with `plasticity-ray sweep {path} --resume`")
+    assert main(["sweep", str(path), "--resume"]) == 0
+    assert (run / COMPLETE_FILE).exists()
+    steps = [r["global_step"] for r in read_jsonl(run / METRICS_FILE)]
+    assert steps == list(range(2, spec.tasks * spec.steps_per_task + 1, 2))
