@@ -125,7 +125,7 @@ def _explain(err: BaseException, location: str) -> str | None:
         how = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE naming a profile in "
                "~/.aws/credentials" if location.startswith("s3://") else "set GOOGLE_APPLICATION_CREDENTIALS")
         return f"{location}: no credentials for object storage ({how})"
-    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError"}:
+    if _not_answering(err):
         url = urlsplit(getattr(err, "kwargs", {}).get("endpoint_url", "") or os.environ.get("AWS_ENDPOINT_URL", ""))
         where = f"the object store at {url.scheme}://{url.netloc}" if url.netloc else "the object store"
         return f"{location}: cannot reach {where} (check AWS_ENDPOINT_URL or the network)"

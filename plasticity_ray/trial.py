@@ -238,8 +238,8 @@ def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], N
         if not missing:
             return
         if attempt + 1 < FINISH_ATTEMPTS:
-            say(f"the probe service came back without its queue (a lost node): {len(missing)} probe point(s) "
-                "submitted again")
+            say(f"{len(missing)} probe point(s) still without their rows (the service lost its node, or a job "
+                "could not write): submitted again")
     say(f"warning: {len(missing)} probe point(s) of {directory.name} still unmeasured; "
         "running the command again submits them again")
 
