@@ -2,12 +2,17 @@
 sweep on object storage — prepare, Tune, a crash and resume, results and analyze in a bucket of the
 tests' local S3 — is tests/sweep/test_tune.py's shared sweep.)"""
 
+import contextlib
 import json
+import threading
+import time
 
 import pytest
+import yaml
 
+from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, read_jsonl
 from plasticity_ray.spec import with_overrides
-from plasticity_ray.storage import StorageError
+from plasticity_ray.storage import StorageError, as_path
 from plasticity_ray.trial import run_training
 
 
@@ -67,10 +72,7 @@ def test_rows_read_while_another_process_appends_are_whole(s3_server):
     """On S3 an append replaces the whole object; a reader that listed the old object and reads
     after the replacement gets s3fs's FileExpired (EBUSY), which stopped a sweep's trial once. Rows
     are fetched in one request instead: 300 reads during 300 appends all succeed."""
-    import threading
-
-    from plasticity_ray.rundir import read_jsonl
-    from plasticity_ray.storage import append_text, as_path
+    from plasticity_ray.storage import append_text
 
     s3_server.create_bucket(Bucket="appends")
     path = as_path("s3://appends/run/metrics.jsonl")
@@ -92,9 +94,7 @@ def test_rows_read_while_another_process_appends_are_whole(s3_server):
 
 
 def test_a_write_waits_out_a_short_outage_and_gives_up_on_a_long_one_naming_the_bucket(s3_endpoint, s3_server):
-    import threading
-
-    from plasticity_ray.storage import as_path, set_patience, write_bytes_atomic
+    from plasticity_ray.storage import set_patience, write_bytes_atomic
 
     s3_server.create_bucket(Bucket="patience")
     path = as_path("s3://patience/row.json")
@@ -129,33 +129,14 @@ def _outage_spec(demo_spec, storage, name):
     })
 
 
-@pytest.mark.slow
-def test_storage_that_stops_answering_stops_the_run_in_one_line_and_it_resumes_bit_for_bit(
-        s3_endpoint, s3_server, demo_prepared, demo_spec, tmp_path, capsys):
-    """The S3 server stops mid-run and stays away past `storage_retry_s`: `train` ends with one
-    line naming the bucket and what to do. With the server back, the same command continues from
-    the last checkpoint that reached the bucket (an unfinished one, without its state.json, is
-    never taken for one) and the run ends as an uninterrupted run does, bit for bit."""
-    import threading
-    import time
-
-    import yaml
-
-    from plasticity_ray.cli import main
-    from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, read_jsonl
-    from plasticity_ray.storage import as_path
-    from plasticity_ray.trial import run_dir
-
-    s3_server.create_bucket(Bucket="outage")
-    spec = _outage_spec(demo_spec, "s3://outage/runs", "outage")
-    path = tmp_path / "outage.yaml"
-    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    run = as_path(str(run_dir(spec)))
+@contextlib.contextmanager
+def _server_stopped_after_rows(s3_endpoint, metrics, rows=5):
+    """The S3 server stopped once the run has logged `rows` rows, and started again on leaving."""
     stopped = threading.Event()
 
-    def stop_after_rows(rows=5):
+    def stop_after_rows():
         while not stopped.is_set():
-            if len(read_jsonl(run / METRICS_FILE)) >= rows:
+            if len(read_jsonl(metrics)) >= rows:
                 s3_endpoint.stop()
                 stopped.set()
             time.sleep(0.2)
@@ -163,11 +144,35 @@ def test_storage_that_stops_answering_stops_the_run_in_one_line_and_it_resumes_b
     watcher = threading.Thread(target=stop_after_rows, daemon=True)
     watcher.start()
     try:
-        assert main(["train", str(path)]) == 1
+        yield
     finally:
         stopped.set()
         watcher.join()
-        s3_endpoint.start()
+        if not s3_endpoint.running:
+            s3_endpoint.start()
+
+
+def _spec_file(spec, folder):
+    path = folder / f"{spec.name}.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return path
+
+
+@pytest.mark.slow
+def test_storage_that_stops_answering_stops_the_run_in_one_line_and_it_resumes_bit_for_bit(
+        s3_endpoint, s3_server, demo_prepared, demo_spec, tmp_path, capsys):
+    """The S3 server stops mid-run and stays away past `storage_retry_s`: `train` ends with one
+    line naming the bucket and what to do. With the server back, the same command continues from
+    the last checkpoint that reached the bucket (an unfinished one, without its state.json, is
+    never taken for one) and the run ends as an uninterrupted run does, bit for bit."""
+    from plasticity_ray.cli import main
+    from plasticity_ray.trial import run_dir
+
+    s3_server.create_bucket(Bucket="outage")
+    spec = _outage_spec(demo_spec, "s3://outage/runs", "outage")
+    path, run = _spec_file(spec, tmp_path), as_path(str(run_dir(spec)))
+    with _server_stopped_after_rows(s3_endpoint, run / METRICS_FILE):
+        assert main(["train", str(path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "s3://outage" in err[0]
     assert err[0].endswith(f"run `plasticity-ray train {path}` again once it answers: the run continues from its "
@@ -199,38 +204,14 @@ def test_a_sweep_whose_storage_stays_away_ends_in_one_line_and_resumes(s3_endpoi
                                                                        demo_spec, tmp_path, capsys):
     """The same outage under `sweep`: one line naming the bucket with the `--resume` command, no
     traceback; `--resume` once the server is back ends with the trial complete."""
-    import threading
-    import time
-
-    import yaml
-
     from plasticity_ray.cli import main
-    from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, read_jsonl
-    from plasticity_ray.storage import as_path
     from plasticity_ray.trial import run_dir
 
     s3_server.create_bucket(Bucket="outage")  # the prepared data of the test above is there (us-east-1: no error)
     spec = with_overrides(_outage_spec(demo_spec, "s3://outage/runs", "sweep-outage"), {"sweep.max_failures": 0})
-    path = tmp_path / "sweep-outage.yaml"
-    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    run = as_path(str(run_dir(spec)))
-    stopped = threading.Event()
-
-    def stop_after_rows(rows=5):
-        while not stopped.is_set():
-            if len(read_jsonl(run / METRICS_FILE)) >= rows:
-                s3_endpoint.stop()
-                stopped.set()
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=stop_after_rows, daemon=True)
-    watcher.start()
-    try:
+    path, run = _spec_file(spec, tmp_path), as_path(str(run_dir(spec)))
+    with _server_stopped_after_rows(s3_endpoint, run / METRICS_FILE):
         assert main(["sweep", str(path)]) == 1
-    finally:
-        stopped.set()
-        watcher.join()
-        s3_endpoint.start()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "s3://outage" in err[0], err
     assert err[0].endswith(f"continue with `plasticity-ray sweep {path} --resume`")
