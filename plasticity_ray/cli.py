@@ -89,15 +89,12 @@ def cmd_train(args) -> int:
     again = f"run `plasticity-ray {' '.join(args.argv)}` again once it answers: the run continues from its last checkpoint there"
     try:
         summary = run_training(spec)
-    except TrainingFailedError as err:
-        problem = storage_problem(spec.storage_path)
+    except (TrainingFailedError, StorageError) as err:  # a StorageError: the driver's own writes gave up
+        problem = str(err) if isinstance(err, StorageError) else storage_problem(spec.storage_path)
         if problem:
             print(f"error: {problem}; {again}", file=sys.stderr)
         else:
             print(f"error: training failed after {spec.train.max_failures} restart(s): {err}", file=sys.stderr)
-        return 1
-    except StorageError as err:  # the driver's own writes gave up
-        print(f"error: {err}; {again}", file=sys.stderr)
         return 1
     close_service(spec)
     if not summary.complete:
@@ -139,17 +136,17 @@ def cmd_sweep(args) -> int:
     try:
         summary = run_sweep(spec, resume=args.resume)
     except StorageError as err:
-        print(f"error: {err}; once it answers, {resume}", file=sys.stderr)
-        return 1
-    except OSError as err:  # Tune's own writes to storage failed
+        problem = str(err)
+    except OSError:  # Tune's own writes to storage failed
         problem = storage_problem(spec.storage_path)
         if problem is None:
             raise
+    else:  # trials that failed because storage went away: said once, instead of each trial's error
+        problem = storage_problem(spec.storage_path) if summary.errors else None
+        if problem:
+            problem += f"; {len(summary.errors)} trial(s) stopped"
+    if problem:
         print(f"error: {problem}; once it answers, {resume}", file=sys.stderr)
-        return 1
-    problem = storage_problem(spec.storage_path) if summary.errors else None
-    if problem:  # the trials failed because storage went away: that, once, instead of each trial's error
-        print(f"error: {problem}; {len(summary.errors)} trial(s) stopped; once it answers, {resume}", file=sys.stderr)
         return 1
     print()
     _print_results(summary.experiment_dir, probes=False, groups=bool(summary.unfinished))

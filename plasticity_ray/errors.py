@@ -7,5 +7,12 @@ class UserError(Exception):
     pass
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line, for a one-line message (a Ray task's error: the task's own error's)."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
 class ResourceError(UserError):
     """What a spec asks for cannot be had: resources the local Ray can never offer, memory a device lacks."""

@@ -109,6 +109,11 @@ def point_key(task_index: int) -> str:
     return f"task-{task_index:05d}"
 
 
+def job_key(point: dict) -> str:
+    """The key of a probe request's rows: the baseline's, or its probe point's."""
+    return BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
+
+
 def row_path(run_dir: Path, kind: str, key: str) -> Path:
     """Where a job's row lives: <run_dir>/<probes|diagnostics>/<key>.json (errors: <key>.error.json)."""
     return run_dir / kind / f"{key}.json"

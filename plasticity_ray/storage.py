@@ -43,10 +43,15 @@ def set_patience(seconds: float) -> None:
     _patience_s = seconds
 
 
+def _class_names(err: BaseException) -> set[str]:
+    """Names of an error's classes: clients' errors are recognised without importing the clients."""
+    return {cls.__name__ for cls in type(err).__mro__}
+
+
 def _not_answering(err: BaseException) -> bool:
     """A failure of the store to answer (connection refused or cut, a timeout), not a refusal."""
     while err is not None:
-        if {cls.__name__ for cls in type(err).__mro__} & NOT_ANSWERING:
+        if _class_names(err) & NOT_ANSWERING:
             return True
         err = err.__cause__ or err.__context__
     return False
@@ -118,10 +123,8 @@ def bucket_of(path: os.PathLike) -> str:
 
 
 def _explain(err: BaseException, location: str) -> str | None:
-    """One line for an object-store client failure a user can fix (credentials, endpoint), else None.
-    Matched by the client's class names so that no client library is imported to recognise its errors."""
-    names = {cls.__name__ for cls in type(err).__mro__}
-    if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}:
+    """One line for an object-store client failure a user can fix (credentials, endpoint), else None."""
+    if _class_names(err) & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}:
         how = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE naming a profile in "
                "~/.aws/credentials" if location.startswith("s3://") else "set GOOGLE_APPLICATION_CREDENTIALS")
         return f"{location}: no credentials for object storage ({how})"

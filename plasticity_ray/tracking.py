@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 from plasticity_ray.analysis.groups import group_row, group_runs
 from plasticity_ray.analysis.report import onset_rows
 from plasticity_ray.analysis.runs import load_run, load_runs
-from plasticity_ray.errors import UserError
+from plasticity_ray.errors import UserError, first_line
 from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, METRICS_FILE, PROBES, read_job_rows, read_jsonl
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import is_local, uri, write_json_atomic
@@ -47,11 +47,6 @@ class Tracker(Protocol):
     def summary(self, values: dict[str, float | str]) -> None: ...
 
     def close(self, ok: bool) -> None: ...
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _flat(values: dict, prefix: str = "") -> dict[str, str]:
@@ -100,7 +95,7 @@ class MlflowTracker:
                     self.client.log_batch(self.run_id, params=params[start:start + 100])
         except Exception as err:  # the store or server refused: say which, in one line
             where = self.client.tracking_uri if hasattr(self, "client") else config.tracking_uri
-            raise TrackerError(f"tracking.mlflow: {where} (experiment {experiment!r}): {_first_line(err)}") from None
+            raise TrackerError(f"tracking.mlflow: {where} (experiment {experiment!r}): {first_line(err)}") from None
 
     def log(self, metrics: dict[str, float], axis: str, x: int) -> None:
         now = int(time.time() * 1000)
@@ -136,9 +131,9 @@ class WandbTracker:
             if "API key" in str(err):
                 raise TrackerError("tracking.wandb: mode online needs a W&B API key (set WANDB_API_KEY or run "
                                    "`wandb login`), or set tracking.wandb.mode: offline") from None
-            raise TrackerError(f"tracking.wandb: project {config.project!r}: {_first_line(err)}") from None
+            raise TrackerError(f"tracking.wandb: project {config.project!r}: {first_line(err)}") from None
         except Exception as err:
-            raise TrackerError(f"tracking.wandb: project {config.project!r}: {_first_line(err)}") from None
+            raise TrackerError(f"tracking.wandb: project {config.project!r}: {first_line(err)}") from None
         self.run.define_metric(TRAINING_AXIS)
         self.run.define_metric(PROBE_AXIS)
         self.run.define_metric("train/*", step_metric=TRAINING_AXIS)
@@ -202,7 +197,7 @@ class RunTracking:
                 call(tracker)
             except Exception as err:  # a tracker must never stop training
                 self.trackers.remove(tracker)
-                self.say(f"warning: tracking.{tracker.name} stopped for {self.run_dir.name}: {_first_line(err)}; "
+                self.say(f"warning: tracking.{tracker.name} stopped for {self.run_dir.name}: {first_line(err)}; "
                          "training goes on, its rows stay in the run directory")
 
     def training_row(self, row: dict) -> None:

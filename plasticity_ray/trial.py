@@ -28,8 +28,8 @@ from ray.train.torch import TorchTrainer
 from plasticity_ray.data.prepare import prepare
 from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
-from plasticity_ray.rundir import (BASELINE, COMPLETE_FILE, DIAGNOSTICS, METRICS_FILE, PROBE_POINTS_FILE, PROBES, SPEC_FILE,
-                                   ProbePoint, point_key, read_jsonl, row_path)
+from plasticity_ray.rundir import (COMPLETE_FILE, DIAGNOSTICS, METRICS_FILE, PROBE_POINTS_FILE, PROBES, SPEC_FILE, ProbePoint,
+                                   job_key, read_jsonl, row_path)
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
 from plasticity_ray.storage import (append_text, as_path, check_storage, is_local, set_patience, storage_dir, uri,
                                     write_json_atomic)
@@ -246,11 +246,19 @@ def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], N
 
 def _measured(spec: ExperimentSpec, directory: Path, request: dict) -> bool:
     """Whether every job of a probe request has written its row (an error row counts)."""
-    baseline = request["checkpoint"] is None
-    key = BASELINE if baseline else point_key(request["task_index"])
-    kinds = [PROBES] + ([DIAGNOSTICS] if spec.diagnostics.enabled and not baseline else [])
+    key = job_key(request)
+    kinds = [PROBES] + ([DIAGNOSTICS] if spec.diagnostics.enabled and request["checkpoint"] is not None else [])
     return all(row_path(directory, kind, key).exists() or row_path(directory, kind, f"{key}.error").exists()
                for kind in kinds)
+
+
+def open_storage(spec: ExperimentSpec) -> ExperimentSpec:
+    """The spec with absolute locations, once its storage is checked writable (one line if not) and
+    this process's writes are set to wait out an outage for `storage_retry_s`."""
+    spec = with_absolute_locations(spec)
+    check_storage(spec.storage_path)
+    set_patience(spec.storage_retry_s)
+    return spec
 
 
 def with_absolute_locations(spec: ExperimentSpec) -> ExperimentSpec:
@@ -269,9 +277,7 @@ def with_absolute_locations(spec: ExperimentSpec) -> ExperimentSpec:
 def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callbacks: list | None = None) -> RunSummary:
     """Train one run of `spec` to the end (or continue it) and wait for its probes; data is prepared
     first if needed. `callbacks` go to Ray Train (a sweep passes Tune's report callback)."""
-    spec = with_absolute_locations(spec)
-    check_storage(spec.storage_path)
-    set_patience(spec.storage_retry_s)
+    spec = open_storage(spec)
     directory = run_dir(spec)
     metrics = directory / METRICS_FILE
     if (directory / COMPLETE_FILE).exists():

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import ray
 
-from plasticity_ray.rundir import BASELINE, DIAGNOSTICS, PROBES, JobRow, ProbePoint, point_key, row_path
+from plasticity_ray.errors import first_line
+from plasticity_ray.rundir import DIAGNOSTICS, PROBES, JobRow, ProbePoint, job_key, point_key, row_path
 from plasticity_ray.spec import ExperimentSpec
 from plasticity_ray.storage import as_path, set_patience, uri, write_json_atomic
 from plasticity_ray.train.metrics import EventFile
@@ -33,12 +34,6 @@ def service_name(spec: ExperimentSpec) -> str:
     return f"probe-service:{spec.name}"
 
 
-def _first_line(err: BaseException) -> str:
-    cause = getattr(err, "cause", None) or err  # a Ray task's error carries the job's own
-    text = str(cause).strip()
-    return text.splitlines()[0] if text else type(cause).__name__
-
-
 def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> JobRow:
     """A probe or diagnostics job (runs as a Ray task). Writes its row, or an error row, and returns it."""
     from plasticity_ray.data.prepare import load_prepared
@@ -46,7 +41,7 @@ def _job(kind: str, spec_json: dict, point: dict, previous: str | None) -> JobRo
     spec = ExperimentSpec.model_validate(spec_json)
     set_patience(spec.storage_retry_s)
     run_dir = as_path(point["run_dir"])
-    key = BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
+    key = job_key(point)
     started = time.time()
     try:
         prepared = load_prepared(spec)
@@ -124,7 +119,7 @@ class ProbeService:
                 self.done.append(await self.job.remote(kind, spec_json, point, previous))
         except Exception as err:  # its row could not be written (storage gone, the job's node lost)
             print(f"probe service: {kind} of {point['run_dir']} at task {point['task_index']} did not finish "
-                  f"({_first_line(err)}); the run submits it again when it waits for its jobs", flush=True)
+                  f"({first_line(err)}); the run submits it again when it waits for its jobs", flush=True)
         finally:
             self._drop(point["checkpoint"])
             self._drop(previous)
@@ -132,7 +127,7 @@ class ProbeService:
 
     def _start(self, kind: str, spec_json: dict, point: dict, previous: str | None = None) -> bool:
         run_dir = as_path(point["run_dir"])
-        key = BASELINE if point["checkpoint"] is None else point_key(point["task_index"])
+        key = job_key(point)
         if row_path(run_dir, kind, key).exists() or (point["run_dir"], kind, key) in self.pending.values():
             return False  # measured or being measured: submitting again is safe
         self._hold(point["checkpoint"])

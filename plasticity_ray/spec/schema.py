@@ -130,11 +130,10 @@ def _shared_sources(source: "Source", languages: list[str]) -> str | None:
         read_by: dict[str, list[str]] = {}
         for language in languages:
             read_by.setdefault(source.configs.get(language, language), []).append(language)
-        named = {config: langs for config, langs in read_by.items() if len(langs) > 1}
-        if named:
-            config, langs = next(iter(named.items()))
-            return (f"source.configs: {', '.join(langs)} all read config {config!r} of {source.dataset!r}; "
-                    "each language needs its own documents")
+        for config, langs in read_by.items():
+            if len(langs) > 1:
+                return (f"source.configs: {', '.join(langs)} all read config {config!r} of {source.dataset!r}; "
+                        "each language needs its own documents")
     if isinstance(source, FilesSource):
         listed_by: dict[str, str] = {}
         for language, patterns in source.paths.items():

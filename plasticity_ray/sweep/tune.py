@@ -23,11 +23,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from plasticity_ray.spec import ExperimentSpec, grid_points, point_labels, with_overrides
 from plasticity_ray.spec.protocol import max_concurrent_trials
 from plasticity_ray.rundir import SPEC_FILE
-from plasticity_ray.storage import as_path, check_storage, set_patience, uri
+from plasticity_ray.storage import as_path, uri
 from plasticity_ray.analysis.runs import load_run
 from plasticity_ray.analysis.tables import trial
 from plasticity_ray.tracking import track_group_verdicts
-from plasticity_ray.trial import experiment_dir, run_dir, run_training, with_absolute_locations
+from plasticity_ray.trial import experiment_dir, open_storage, run_dir, run_training
 
 TUNE_DIR = "tune"  # <experiment dir>/tune: Tune's own state, result tables and TensorBoard files
 POINT = "point"  # the trial config key naming one of the sweep's points by its label (Tune's tables show it)
@@ -137,9 +137,7 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False, say: Callable[[str], N
     """Run every trial of the spec's sweep on the current Ray (or continue a stopped sweep)."""
     from plasticity_ray.probe.service import close_service
 
-    spec = with_absolute_locations(spec)
-    check_storage(spec.storage_path)
-    set_patience(spec.storage_retry_s)
+    spec = open_storage(spec)
     _prepare_data(spec, say)
     concurrent = max_concurrent_trials(spec, ray.cluster_resources())
     points = sweep_points(spec)  # a point listed twice is one trial: it would be the same run

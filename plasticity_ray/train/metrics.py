@@ -34,17 +34,17 @@ class EventFile:
 
     def __init__(self, folder: str, suffix: str = "", purge_step: int | None = None):
         directory_check(folder)
-        self._folder = folder
+        self._folder, self._remote = folder, not is_local(folder)
         self._writer = EventsWriter(f"{folder}/events", suffix)
         if purge_step is not None:  # TensorBoard hides what an earlier attempt logged at this step and later
             self._write(purge_step, session_log=SessionLog(status=SessionLog.START))
 
     def _write(self, step: int, **fields) -> None:
         self._writer.write_event(Event(wall_time=time.time(), step=step, **fields))
-        if is_local(self._folder):
-            self._writer.flush()
-        else:  # the whole object is uploaded again: safe to retry while the store does not answer
+        if self._remote:  # the whole object is uploaded again: safe to retry while the store does not answer
             patiently(self._writer.flush, self._folder)
+        else:
+            self._writer.flush()
 
     def add(self, scalars: dict[str, float], step: int) -> None:
         values = [value for tag, number in scalars.items() for value in scalar(tag, number).value]
