@@ -307,6 +307,15 @@ def cmd_bench(args) -> int:
                                   say=lambda line: print(line, file=sys.stderr))
         record = {**started, **study, "summary": summary(study)}
         print(format_summary(record), file=sys.stderr)
+    elif args.bench_command == "adaptive":
+        from plasticity_ray.bench.adaptive import adaptive_study, format_summary, summary
+        from plasticity_ray.bench.record import header
+
+        started = header(args.argv)
+        study = adaptive_study(args.groups, args.flat_groups, args.draws, args.seed, args.workers,
+                               say=lambda line: print(line, file=sys.stderr))
+        record = {**started, **study, "summary": summary(study)}
+        print(format_summary(record), file=sys.stderr)
     else:
         from plasticity_ray.bench.train import bench_train
 
@@ -449,6 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("--seed", type=int, default=2026)
     calibration.add_argument("--workers", type=_positive_int, help="processes (default: one per core)")
     calibration.add_argument("--out", help="also write the record to this JSON file")
+    adaptive = bench_commands.add_parser(
+        "adaptive", help="the adaptive protocol (probes near the minimum, confirmed-onset stops) against the "
+                         "paper's, on simulated groups")
+    adaptive.add_argument("--groups", type=_positive_int, default=1000,
+                          help="simulated groups per cell with an onset (default 1000)")
+    adaptive.add_argument("--flat-groups", type=_positive_int, default=4000,
+                          help="simulated groups per flat-curve cell, where stops are errors (default 4000)")
+    adaptive.add_argument("--draws", type=_positive_int, default=4000, help="random rotations per test")
+    adaptive.add_argument("--seed", type=int, default=2026)
+    adaptive.add_argument("--workers", type=_positive_int, help="processes (default: one per core)")
+    adaptive.add_argument("--out", help="also write the record to this JSON file")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,0 +1,233 @@
+"""`plasticity-ray bench adaptive`: the adaptive protocol (`analysis.adaptive`: extended probes near
+the minimum, groups that stop once their onset is confirmed) against the paper's (every extended
+point probed, every task trained), on the same simulated groups.
+
+A group is S seeds of one size trained for the paper's 48 cycles of 8 tasks, probed after zh, de
+and ru (Appendix B's layout, 144 points). Its true curve is Figure 9's shape as the calibration
+study draws it (`calibration.true_curve`: a 1% decline to a minimum at Table IV's onset of the size,
+then a 1% rise to the end of the run), or flat; its noise is one of the calibration study's models
+at σ 0.3%. Both protocols read the same draws: the paper's sees every point; the adaptive one sees
+the cycle ends up to where it stops and the extended points of the cycles its decisions probed.
+
+Per cell (noise model × truth × seeds): how often the group onset (Appendix B's, on the mean curve)
+is the same; the same among groups whose paper onset lies in the cycles the adaptive protocol
+probed; how far off it is when not; how often a group stops before its true onset (a flat curve: at
+all); the tasks trained and probes run; and the peak of probe-point checkpoints kept per run, with
+probe results arriving `lag` cycles after their cycle ends (training goes on meanwhile).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from plasticity_ray.analysis.adaptive import FIRST_LOOK, Policy, running_minimum, sequential_p_values
+from plasticity_ray.analysis.onset import DRAWS, LEVEL, WINDOW, find_onset
+from plasticity_ray.bench.calibration import NOISE_MODELS, simulate, true_curve
+
+TABLE_IV = Path(__file__).resolve().parents[2] / "results" / "paper" / "table_iv.csv"
+CYCLES, TASKS_PER_CYCLE = 48, 8
+POINTS = ((2, "zh"), (6, "de"), (8, "ru"))  # tasks into a cycle at each probe point, the language just trained
+SEEDS = (2, 3, 5)
+WINDOW_CYCLES, MARGIN_CYCLES = 2, 2  # experiments/paper_continual_adaptive.yaml's
+LAG_CYCLES = 1
+
+
+def table_iv_onsets(path: Path = TABLE_IV) -> dict[int, list[str]]:
+    """Table IV's onsets (tasks) and the sizes that have each."""
+    onsets: dict[int, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            onsets.setdefault(int(float(row["onset"])), []).append(row["model"])
+    return onsets
+
+
+def paper_layout(cycles: int = CYCLES) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Tasks trained at each probe point, the language trained just before it, and its cycle."""
+    points = [(TASKS_PER_CYCLE * c + at, lang, c) for c in range(cycles) for at, lang in POINTS]
+    return (np.array([t for t, _, _ in points]), [lang for _, lang, _ in points], np.array([c for _, _, c in points]))
+
+
+def adaptive_runs(cycle_ends: np.ndarray, policy: Policy, draws: int, rng: np.random.Generator,
+                  lag: int = LAG_CYCLES) -> dict[str, np.ndarray]:
+    """What the adaptive protocol does with each group's cycle ends (groups × S × N): the last
+    cycle trained, the cycles whose extended points it probes, and the peak of kept points."""
+    groups, _, cycles = cycle_ends.shape
+    looks = np.arange(WINDOW, cycles + 1)  # looks at which the smoothed curve exists
+    p_values = sequential_p_values(cycle_ends, rng, draws)
+    confirms = (p_values <= policy.threshold) & (looks >= FIRST_LOOK)
+    confirmed_at = np.where(confirms.any(1), looks[confirms.argmax(1)], cycles + policy.margin_cycles + 1)
+    stop_after = np.minimum(cycles - 1, confirmed_at - 1 + policy.margin_cycles)
+    minima = running_minimum(cycle_ends.mean(1))  # groups × looks
+    probed = np.zeros((groups, cycles), bool)
+    released = np.zeros((groups, cycles), bool)
+    peak = np.zeros(groups, int)
+    cycle = np.arange(cycles)[None, :]
+    window = policy.window_cycles
+    for k, look in enumerate(looks):  # as `Decision.keeps` and `Decision.probe_cycles` decide
+        live = (look <= stop_after + 1)[:, None]  # the group still measures this look
+        minimum = minima[:, k, None]
+        trained = cycle <= np.minimum(look - 1 + lag, stop_after)[:, None]
+        near_minimum = (minimum - window < cycle) & (cycle <= minimum + window)
+        released |= live & ~near_minimum & (cycle < look - window) & ~probed
+        probed |= live & near_minimum & (minimum < look - 1 - WINDOW // 2) & trained & ~released
+        kept = (trained & ~probed & ~released).sum(1) * (len(POINTS) - 1)
+        peak = np.where(live[:, 0], np.maximum(peak, kept), peak)
+    return {"stop_after": stop_after, "probed_cycles": probed, "peak_kept": peak}
+
+
+def _onset_task(tasks: np.ndarray, curve: np.ndarray) -> int | None:
+    return find_onset(tasks.tolist(), curve.tolist()).task_instance
+
+
+def run_cell(cell: dict, groups: int, draws: int, seed_sequence: np.random.SeedSequence, probe_cost: float,
+             policy: Policy) -> dict:
+    rng = np.random.default_rng(seed_sequence)
+    tasks, languages, cycle_of = paper_layout(policy.cycles)
+    total = policy.cycles * TASKS_PER_CYCLE
+    onset = cell["onset"]
+    curve = true_curve(tasks, None if onset is None else onset / total)
+    values = simulate(rng, cell["noise"], groups, cell["seeds"], 1, curve, languages).mean(2)  # groups × S × points
+    ends = np.flatnonzero(np.array(languages) == POINTS[-1][1])
+    runs = adaptive_runs(values[:, :, ends], policy, draws, rng)
+    means = values.mean(1)
+    same, inside, off, paper_error, adaptive_error = [], [], [], [], []
+    probes = []
+    for g in range(groups):
+        stop = runs["stop_after"][g]
+        chosen = (cycle_of <= stop) & (np.isin(np.arange(len(tasks)), ends) | runs["probed_cycles"][g][cycle_of])
+        paper = _onset_task(tasks, means[g])
+        adaptive = _onset_task(tasks[chosen], means[g][chosen])
+        same.append(paper == adaptive)
+        inside.append(paper is not None and bool(runs["probed_cycles"][g][(paper - 1) // TASKS_PER_CYCLE]))
+        if paper is not None and adaptive is not None and paper != adaptive:
+            off.append(abs(paper - adaptive))
+        if onset is not None:  # "not yet" (no onset found) counts as the end of the run
+            paper_error.append(abs((paper or total) - onset))
+            adaptive_error.append(abs((adaptive or total) - onset))
+        probes.append(int(chosen.sum()) + 1)  # and the baseline
+    same, inside = np.array(same), np.array(inside)
+    trained_tasks = (runs["stop_after"] + 1) * TASKS_PER_CYCLE
+    stopped = runs["stop_after"] < policy.cycles - 1
+    before_onset = stopped & (trained_tasks < (np.inf if onset is None else onset))
+    full_probes = len(tasks) + 1
+    cost = (trained_tasks + probe_cost * np.array(probes)) / (total + probe_cost * full_probes)
+    return {
+        **cell,
+        "true_onset": onset,
+        "same_onset": float(same.mean()),
+        "inside_window": float(inside.mean()),
+        "same_onset_inside_window": float(same[inside].mean()) if inside.any() else None,
+        "off_tasks_median": float(np.median(off)) if off else None,
+        "off_tasks_max": int(max(off)) if off else None,
+        "paper_error_tasks_median": float(np.median(paper_error)) if paper_error else None,
+        "adaptive_error_tasks_median": float(np.median(adaptive_error)) if adaptive_error else None,
+        "stopped": float(stopped.mean()),
+        "stopped_before_true_onset": float(before_onset.mean()),
+        "tasks_trained": float(trained_tasks.mean() / total),
+        "probes_run": float(np.mean(probes) / full_probes),
+        "compute": float(cost.mean()),
+        "peak_kept_mean": float(runs["peak_kept"].mean()),
+        "peak_kept_max": int(runs["peak_kept"].max()),
+    }
+
+
+def probe_cost_in_tasks() -> float:
+    """What one probe point (its probe, evaluations and diagnostics) costs in training tasks, from the
+    plan of experiments/paper_continual.yaml at 5M (the ratio hardly changes with size)."""
+    from plasticity_ray.plan import trial_plan
+    from plasticity_ray.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "experiments" / "paper_continual.yaml")
+    trial = trial_plan(spec, "5M", "h100", mfu=0.5)
+    return (trial.probe_gpu_hours / trial.probe_jobs) / (trial.train_gpu_hours / spec.tasks)
+
+
+def _call(job):
+    function, args = job
+    return function(*args)
+
+
+def adaptive_study(groups: int = 1000, flat_groups: int = 4000, draws: int = DRAWS, seed: int = 2026,
+                   workers: int | None = None,
+                   window_cycles: int = WINDOW_CYCLES, margin_cycles: int = MARGIN_CYCLES,
+                   seeds: tuple[int, ...] = SEEDS, models: tuple[str, ...] = NOISE_MODELS,
+                   say: Callable[[str], None] = print) -> dict:
+    """Every cell seeded from (seed, cell number): the same record for any number of workers."""
+    policy = Policy(CYCLES, window_cycles, margin_cycles, LEVEL, draws)
+    onsets = table_iv_onsets()
+    truths: list[int | None] = [*sorted(onsets), None]
+    cells = [{"noise": m, "seeds": s, "onset": t, "sizes": onsets.get(t, ["flat"])}
+             for m in models for t in truths for s in seeds]
+    streams = np.random.SeedSequence(seed).spawn(len(cells))
+    probe_cost = probe_cost_in_tasks()
+    # A flat curve's stops are the test's error, compared with its nominal level: more groups there.
+    jobs = [(run_cell, (c, groups if c["onset"] is not None else flat_groups, draws, s, probe_cost, policy))
+            for c, s in zip(cells, streams)]
+    workers = workers or os.cpu_count() or 1
+    say(f"adaptive protocol: {len(cells)} cells × {groups} groups ({flat_groups} on a flat curve) on "
+        f"{workers} process(es)")
+    start, results = time.monotonic(), []
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        for i, result in enumerate(pool.map(_call, jobs, chunksize=1) if pool else map(_call, jobs), 1):
+            results.append(result)
+            if i % 10 == 0 or i == len(jobs):
+                say(f"  {i}/{len(jobs)} cells, {time.monotonic() - start:.0f} s")
+    finally:
+        if pool:
+            pool.shutdown()
+    return {
+        "policy": {"near_minimum_cycles": window_cycles, "margin_cycles": margin_cycles, "level": LEVEL,
+                   "per_look_threshold": policy.threshold, "draws": draws, "lag_cycles": LAG_CYCLES},
+        "layout": f"{CYCLES} cycles of {TASKS_PER_CYCLE} tasks, probes after zh, de and ru",
+        "truth": "calibration.true_curve: 1% decline to Table IV's onset, 1% rise to the end; or flat",
+        "probe_cost_tasks": probe_cost, "groups_per_cell": groups, "flat_groups_per_cell": flat_groups, "seed": seed,
+        "wall_s": round(time.monotonic() - start, 1), "cells": results,
+    }
+
+
+def summary(record: dict) -> dict:
+    cells = record["cells"]
+    shaped = [c for c in cells if c["true_onset"] is not None]
+    return {
+        "min_same_onset_inside_window": min(c["same_onset_inside_window"] for c in shaped
+                                            if c["same_onset_inside_window"] is not None),
+        "min_same_onset": min(c["same_onset"] for c in shaped),
+        "max_stopped_before_true_onset": max(c["stopped_before_true_onset"] for c in cells),
+        "nominal_error": 1 - record["policy"]["level"],
+        "mean_compute": float(np.mean([c["compute"] for c in shaped])),
+        "max_peak_kept": max(c["peak_kept_max"] for c in cells),
+    }
+
+
+def _range(values: list[float], scale: float = 100, digits: int = 0) -> str:
+    low, high = min(values), max(values)
+    return f"{scale * low:.{digits}f}–{scale * high:.{digits}f}"
+
+
+def format_summary(record: dict) -> str:
+    """The table the README quotes: per truth, over the noise models and seeds, the worst agreement
+    and early-stop rate, and the ranges of what was trained, probed and spent (paper = 100%)."""
+    lines = ["| sizes (Table IV onset) | same onset, minimum in the probed window (worst) | same onset, all (worst) | "
+             "stopped before the true onset (worst) | tasks trained | probes run | compute | kept points (peak) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    cells = record["cells"]
+    for onset in dict.fromkeys(c["true_onset"] for c in cells):
+        chosen = [c for c in cells if c["true_onset"] == onset]
+        label = "flat (no onset)" if onset is None else f"{', '.join(chosen[0]['sizes'])} ({onset})"
+        inside = [c["same_onset_inside_window"] for c in chosen if c["same_onset_inside_window"] is not None]
+        same_inside = f"{100 * min(inside):.1f}%" if inside and onset is not None else "-"
+        same = f"{100 * min(c['same_onset'] for c in chosen):.1f}%" if onset is not None else "-"
+        lines.append(
+            f"| {label} | {same_inside} | {same} | "
+            f"{100 * max(c['stopped_before_true_onset'] for c in chosen):.1f}% | "
+            f"{_range([c['tasks_trained'] for c in chosen])}% | {_range([c['probes_run'] for c in chosen])}% | "
+            f"{_range([c['compute'] for c in chosen])}% | {max(c['peak_kept_max'] for c in chosen)} |")
+    return "\n".join(lines)
