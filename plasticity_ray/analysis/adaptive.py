@@ -8,7 +8,7 @@ the same cycle, and `group_onset` sees one layout.
 Near the minimum (Appendix B: "we only extended probing in cycles near the minimum of the line"):
 the extended probe points (after zh and de) are kept as weights, not probed. Once the smoothed
 (window 3) cycle-end curve has its minimum at cycle m with at least one window after it (bracketed),
-the kept points of cycles m − K + 1 … m + K are probed. A smoothed value never changes once its
+the kept points of cycles m − K + 1 … m + K are probed (now, or once trained). A smoothed value never changes once its
 window is measured, so no measured cycle end but the minimum can ever become the minimum: after n
 cycle ends only the minimum's window and the cycles from n − K on (whose cycle ends' windows are not
 complete yet) can be probed later. Every other kept point is released, so a run keeps at most
@@ -54,7 +54,7 @@ class Decision:
     looks: int  # cycle ends measured in every seed of the group
     minimum: int | None  # cycle (0-based) whose end is the smoothed minimum; None: fewer than WINDOW looks
     bracketed: bool  # a smoothed window after the minimum: the minimum is inside the curve so far
-    probe_cycles: tuple[int, int] | None  # cycles whose kept points are probed (inclusive); None: none yet
+    probe_cycles: tuple[int, ...]  # cycles whose kept points are probed: every window opened so far
     window_cycles: int  # K
     p_value: float | None  # of the rise at this look; None: one seed, or too few looks
     confirmed_at: int | None  # the first look that confirmed the rise
@@ -111,17 +111,14 @@ def _prefix_rises(curves: np.ndarray) -> np.ndarray:
 
 
 def decide(cycle_ends: np.ndarray, policy: Policy) -> Decision:
-    """The group's decision after the cycle ends `cycle_ends` (S seeds × n looks, in cycle order)."""
+    """The group's decision after the cycle ends `cycle_ends` (S seeds × n looks, in cycle order).
+    Cycle ends measured after the group's stop (a run that trained on while its probes ran) are not
+    looked at: the decision is the one taken at the stop."""
     seeds, looks = cycle_ends.shape
-    if looks < WINDOW:
-        return Decision(looks, None, False, None, policy.window_cycles or 0, None, None, None, None)
-    minima = running_minimum(cycle_ends.mean(0))
-    minimum = int(minima[-1])
-    bracketed = minimum < looks - 1 - WINDOW // 2
     window = policy.window_cycles or 0
-    probe_cycles = None
-    if policy.window_cycles is not None and bracketed:
-        probe_cycles = (max(0, minimum - window + 1), min(policy.cycles - 1, minimum + window))
+    if looks < WINDOW:
+        return Decision(looks, None, False, (), window, None, None, None, None)
+    minima = running_minimum(cycle_ends.mean(0))
     p_value = confirmed_at = confirmed_minimum = stop_after = None
     if seeds >= 2:
         p_values = sequential_p_values(cycle_ends[None], np.random.default_rng(policy.seed), policy.draws)[0]
@@ -131,9 +128,16 @@ def decide(cycle_ends: np.ndarray, policy: Policy) -> Decision:
             confirmed_at = confirming[0]
             confirmed_minimum = int(minima[confirmed_at - WINDOW])
             p_value = float(p_values[confirmed_at - WINDOW])
-            if policy.margin_cycles is not None:
-                stop_after = min(policy.cycles - 1, confirmed_at - 1 + policy.margin_cycles)
-    if stop_after == policy.cycles - 1:
-        stop_after = None  # confirmed too late to save anything: the run ends as scheduled
-    return Decision(looks, minimum, bracketed, probe_cycles, window, p_value, confirmed_at, confirmed_minimum,
-                    stop_after)
+            if policy.margin_cycles is not None and confirmed_at + policy.margin_cycles < policy.cycles:
+                stop_after = confirmed_at - 1 + policy.margin_cycles
+                if looks > stop_after + 1:
+                    return decide(cycle_ends[:, : stop_after + 1], policy)
+    last = min(policy.cycles, stop_after + 1 if stop_after is not None else policy.cycles) - 1
+    probe_cycles: set[int] = set()
+    if policy.window_cycles is not None:  # every window a look opened: its points are probed now or once trained
+        for look, minimum in enumerate(minima.tolist(), WINDOW):
+            if minimum < look - 1 - WINDOW // 2:
+                probe_cycles.update(range(max(0, minimum - window + 1), min(last, minimum + window) + 1))
+    minimum = int(minima[-1])
+    return Decision(looks, minimum, minimum < looks - 1 - WINDOW // 2, tuple(sorted(probe_cycles)), window, p_value,
+                    confirmed_at, confirmed_minimum, stop_after)
