@@ -110,10 +110,11 @@ def _prefix_rises(curves: np.ndarray) -> np.ndarray:
     return smoothed - np.minimum.accumulate(smoothed, -1)
 
 
-def decide(cycle_ends: np.ndarray, policy: Policy) -> Decision:
+def decide(cycle_ends: np.ndarray, policy: Policy, final: bool = False) -> Decision:
     """The group's decision after the cycle ends `cycle_ends` (S seeds × n looks, in cycle order).
     Cycle ends measured after the group's stop (a run that trained on while its probes ran) are not
-    looked at: the decision is the one taken at the stop."""
+    looked at: the decision is the one taken at the stop. `final`: the group trains no more, so its
+    last minimum is its minimum and its window is probed even when the curve is lowest at its end."""
     seeds, looks = cycle_ends.shape
     window = policy.window_cycles or 0
     if looks < WINDOW:
@@ -131,12 +132,14 @@ def decide(cycle_ends: np.ndarray, policy: Policy) -> Decision:
             if policy.margin_cycles is not None and confirmed_at + policy.margin_cycles < policy.cycles:
                 stop_after = confirmed_at - 1 + policy.margin_cycles
                 if looks > stop_after + 1:
-                    return decide(cycle_ends[:, : stop_after + 1], policy)
+                    return decide(cycle_ends[:, : stop_after + 1], policy, final)
     last = min(policy.cycles, stop_after + 1 if stop_after is not None else policy.cycles) - 1
+    if final:
+        last = min(last, looks - 1)  # no more cycles come
     probe_cycles: set[int] = set()
     if policy.window_cycles is not None:  # every window a look opened: its points are probed now or once trained
         for look, minimum in enumerate(minima.tolist(), WINDOW):
-            if minimum < look - 1 - WINDOW // 2:
+            if minimum < look - 1 - WINDOW // 2 or (final and look == looks):
                 probe_cycles.update(range(max(0, minimum - window + 1), min(last, minimum + window) + 1))
     minimum = int(minima[-1])
     return Decision(looks, minimum, minimum < looks - 1 - WINDOW // 2, tuple(sorted(probe_cycles)), window, p_value,

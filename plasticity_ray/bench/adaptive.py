@@ -76,8 +76,10 @@ def adaptive_runs(cycle_ends: np.ndarray, policy: Policy, draws: int, rng: np.ra
         trained = cycle <= np.minimum(look - 1 + lag, stop_after)[:, None]
         near_minimum = (minimum - window < cycle) & (cycle <= minimum + window)
         released |= live & ~near_minimum & (cycle < look - window) & ~probed
-        # Every window a look opens is probed, its points now or once trained (the runs act on the union).
-        probed |= live & near_minimum & (minimum < look - 1 - WINDOW // 2) & (cycle <= stop_after[:, None])
+        # Every window a look opens is probed, its points now or once trained (the runs act on the union);
+        # the last look's window even when the curve is lowest at its end.
+        opens = (minimum < look - 1 - WINDOW // 2) | (look == stop_after + 1)[:, None]
+        probed |= live & near_minimum & opens & (cycle <= stop_after[:, None])
         kept = (trained & ~probed & ~released).sum(1) * (len(POINTS) - 1)
         peak = np.where(live[:, 0], np.maximum(peak, kept), peak)
     return {"stop_after": stop_after, "probed_cycles": probed, "peak_kept": peak}

@@ -45,6 +45,7 @@ def test_the_window_is_probed_once_the_minimum_is_bracketed_and_only_its_cycles_
     early = decide(_curves(falling), policy)
     assert early.minimum == 4 and not early.bracketed and early.probe_cycles == ()
     assert [c for c in range(10) if early.keeps(c)] == [3, 4, 5, 6, 7, 8, 9]  # may all be near a later minimum
+    assert decide(_curves(falling), policy, final=True).probe_cycles == (3, 4, 5)  # the last minimum's window
     # Minimum at cycle 4 (0-based), then three cycle ends that rise a little.
     turned = decide(_curves(falling[:5] + [0.975, 0.98, 0.985, 0.99]), policy)
     assert turned.minimum == 4 and turned.bracketed and turned.probe_cycles == (3, 4, 5, 6)
@@ -81,7 +82,7 @@ def test_the_simulation_decides_as_decide_does():
     runs = adaptive_runs(cycle_ends, policy, 400, np.random.default_rng(policy.seed))
     assert 0 < (runs["stop_after"] < 15).sum() < 6  # some groups stop, some do not
     for g in range(6):
-        decision = decide(cycle_ends[g], policy)  # every look at once, stopping where the group stops
+        decision = decide(cycle_ends[g], policy, final=True)  # every look, stopping where the group stops
         stop = 15 if decision.stop_after is None else decision.stop_after
         assert runs["stop_after"][g] == stop
         assert set(np.flatnonzero(runs["probed_cycles"][g])) == set(decision.probe_cycles)
