@@ -30,6 +30,9 @@ def _probe_line(spec: ExperimentSpec) -> str:
         where = f"probes at {every} (after {spec.data.languages[-1]})"
         if p.extended:
             cycles = f" in cycles {p.extended.cycles[0]}-{p.extended.cycles[1]}" if p.extended.cycles else ""
+            if p.extended.near_minimum:
+                cycles = (f" only in the {p.extended.near_minimum.cycles} cycle(s) each side of the cycle-end minimum "
+                          "(kept, then probed or released as the group's curve decides)")
             where += f" and after {', '.join(p.extended.languages)}{cycles}"
     data = "the same rows at every probe" if p.same_data_order else "a fresh random subsample for each probe"
     if p.replicates > 1:
@@ -60,4 +63,8 @@ def describe(spec: ExperimentSpec) -> list[str]:
     if len(runs) > shown:
         lines.append(f"  ... and {len(runs) - shown} more")
     lines.append(_probe_line(spec) if spec.probe.enabled else "  probes: off")
+    if spec.onset_stop:
+        stop = spec.onset_stop
+        lines.append(f"  stops: each group of seeds {stop.margin_cycles} cycle(s) after its onset is confirmed (sequential "
+                     f"test, a flat curve stopped with chance ≤ {1 - stop.level:.0%}); the paper trains every task")
     return lines

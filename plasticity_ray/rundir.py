@@ -9,7 +9,8 @@ these names; nothing here imports torch or Ray, so reading results needs neither
         probe_points.jsonl         every probe point handed to the probe service
         probes/<key>.json          one row per probe job (<key>.error.json when it failed)
         diagnostics/<key>.json     one row per diagnostics job
-        complete.json              written when the last task is done
+        complete.json              written when the last task is done (or the run stopped early)
+        stop.json                  the group's decision to stop (schedule.stop), read by the trainer
         checkpoints/, probe_points/, tensorboard/
 
 A job's key is `task-NNNNN` (the task index of its probe point) or `baseline`. The rows' fields
@@ -32,6 +33,7 @@ SIGNALS_FILE = "signals.jsonl"
 ALARMS_FILE = "alarms.jsonl"
 PROBE_POINTS_FILE = "probe_points.jsonl"
 COMPLETE_FILE = "complete.json"
+STOP_FILE = "stop.json"
 PROBES, DIAGNOSTICS = "probes", "diagnostics"  # the job kinds, and their folders
 BASELINE = "baseline"
 
@@ -69,6 +71,9 @@ class ProbePoint:
     language: str | None  # the language trained just before (None: stationary mixture)
     global_step: int
     tokens_seen: int
+    # An extended point kept unprobed (probe.extended.near_minimum): probed only if the group's
+    # decisions put it near the minimum, else released.
+    deferred: bool = False
 
 
 class JobRow(TypedDict, total=False):
@@ -97,12 +102,23 @@ class JobRow(TypedDict, total=False):
     final_val_loss: float
 
 
-class CompleteRecord(TypedDict):
+class StopRecord(TypedDict):
+    """stop.json: the group's decision (`analysis.adaptive.Decision`) to stop after a cycle."""
+
+    stop_after_cycle: int  # 0-based: the last cycle trained (a run past it stops before its next task)
+    reason: str
+    confirmed_at: int  # cycle ends measured when the rise was confirmed
+    p_value: float
+    threshold: float
+
+
+class CompleteRecord(TypedDict, total=False):
     """complete.json."""
 
-    tasks: int
+    tasks: int  # tasks trained
     time: float
     replica_digests: list[int]  # every rank's checksum of its final weights: DDP replicas agree
+    stopped: dict  # a run stopped early: {"after_tasks", "reason"} (its stop.json's)
 
 
 def point_key(task_index: int) -> str:
@@ -151,6 +167,13 @@ def read_job_rows(run_dir: Path, kind: str) -> list[JobRow]:
                 _WARNED.add(str(path))
                 print(f"warning: {path}: damaged row (not a JSON document), skipped", file=sys.stderr)
     return rows
+
+
+def stopped_early(run_dir: Path) -> dict | None:
+    """complete.json's `stopped` ({"after_tasks", "reason"}) of a run its group stopped early; None
+    for a run that trained every task or is not complete."""
+    path = run_dir / COMPLETE_FILE
+    return json.loads(read_text(path)).get("stopped") if path.exists() else None
 
 
 def read_alarms(run_dir: Path) -> list[dict]:

@@ -233,6 +233,18 @@ def append_text(path: os.PathLike, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def remove_file(path: os.PathLike) -> None:
+    """Remove a file, if it is there."""
+    path = as_path(path)
+    if is_local(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    try:
+        path.fs.rm(path.path)
+    except FileNotFoundError:
+        pass
+
+
 def remove_tree(path: os.PathLike) -> None:
     """Remove a directory and everything in it, if it is there."""
     path = as_path(path)

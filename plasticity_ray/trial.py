@@ -26,13 +26,14 @@ import ray.train.torch
 from ray.train.torch import TorchTrainer
 
 from plasticity_ray.data.prepare import prepare
+from plasticity_ray.decisions import GroupDecisions, act, measured, policy_of
 from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
-from plasticity_ray.rundir import (COMPLETE_FILE, DIAGNOSTICS, METRICS_FILE, PROBE_POINTS_FILE, PROBES, SPEC_FILE, ProbePoint,
-                                   job_key, read_jsonl, row_path)
+from plasticity_ray.rundir import (COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, job_key,
+                                   read_jsonl, stopped_early)
 from plasticity_ray.spec import ExperimentSpec, run_identity, with_overrides
-from plasticity_ray.storage import (append_text, as_path, check_storage, is_local, set_patience, storage_dir, uri,
-                                    write_json_atomic)
+from plasticity_ray.storage import (append_text, as_path, check_storage, is_local, remove_file, set_patience,
+                                    storage_dir, uri, write_json_atomic)
 from plasticity_ray.train.checkpoint import check, checkpoints
 from plasticity_ray.spec.protocol import probe_ordinal
 from plasticity_ray.train.hooks import Hooks
@@ -158,6 +159,8 @@ def submit_to_probe_service(spec: ExperimentSpec) -> Callable[[ProbePoint], None
     spec_json = spec.model_dump(mode="json")
 
     def submit(point: ProbePoint) -> None:
+        if point.deferred:
+            return  # kept: the group's decisions probe it near the minimum or release it
         get_service(spec).submit.remote(spec_json, point_request(point, probe_ordinal(spec, point.task_index)))
 
     return submit
@@ -221,20 +224,30 @@ def _summary(directory: Path) -> RunSummary:
 def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], None]) -> None:
     """Submit again every probe point of the run (a sweep or service stopped before they ran; the
     service skips measured and running ones), then wait for the run's jobs. A service that lost its
-    node comes back without its queue: the points still unmeasured then are submitted again."""
+    node comes back without its queue: the points still unmeasured then are submitted again. With
+    the adaptive protocol, once the cycle ends are measured the group's decision is taken (it may be
+    the last: then the window of its minimum is probed) and its backfills are waited for too."""
     service = get_service(spec)
     spec_json = spec.model_dump(mode="json")
-    requests = [baseline_request(spec, directory)] if spec.probe.baseline else []
-    requests += [point_request(ProbePoint(**point), probe_ordinal(spec, point["task_index"]))
-                 for point in read_jsonl(directory / PROBE_POINTS_FILE, key=("task_index",))]
+    requests = {job_key(r): r for r in ([baseline_request(spec, directory)] if spec.probe.baseline else [])}
+    for point in read_jsonl(directory / PROBE_POINTS_FILE, key=("task_index",)):
+        if not point.get("deferred"):
+            request = point_request(ProbePoint(**point), probe_ordinal(spec, point["task_index"]))
+            requests[job_key(request)] = request
+    group = group_runs(spec) if policy_of(spec) else []
     for attempt in range(FINISH_ATTEMPTS):
-        for request in requests:
+        for request in requests.values():
             service.submit.remote(spec_json, request)
         pending = ray.get(service.status.remote(str(directory)))["pending"]
         if pending and attempt == 0:
             say(f"training done; waiting for {pending} probe/diagnostics job(s) of this run")
         ray.get(service.wait.remote(str(directory)))
-        missing = [r for r in requests if not _measured(spec, directory, r)]
+        if group:
+            _, backfills = act(spec, group, service, say)
+            requests.update((job_key(r), r) for r in backfills)
+            for run in group:
+                ray.get(service.wait.remote(str(run)))
+        missing = [r for r in requests.values() if not measured(spec, directory, r)]
         if not missing:
             return
         if attempt + 1 < FINISH_ATTEMPTS:
@@ -244,12 +257,11 @@ def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], N
         "running the command again submits them again")
 
 
-def _measured(spec: ExperimentSpec, directory: Path, request: dict) -> bool:
-    """Whether every job of a probe request has written its row (an error row counts)."""
-    key = job_key(request)
-    kinds = [PROBES] + ([DIAGNOSTICS] if spec.diagnostics.enabled and request["checkpoint"] is not None else [])
-    return all(row_path(directory, kind, key).exists() or row_path(directory, kind, f"{key}.error").exists()
-               for kind in kinds)
+def group_runs(spec: ExperimentSpec) -> list[Path]:
+    """The runs that decide together under the adaptive protocol, the caller's first: the same
+    point with every seed of `sweep.grid.seed` (just the run when the grid lists no seeds)."""
+    seeds = [s for s in spec.sweep.grid.get("seed", []) if s != spec.seed]
+    return [run_dir(spec)] + [run_dir(with_overrides(spec, {"seed": s})) for s in seeds]
 
 
 def open_storage(spec: ExperimentSpec) -> ExperimentSpec:
@@ -280,6 +292,10 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
     spec = open_storage(spec)
     directory = run_dir(spec)
     metrics = directory / METRICS_FILE
+    stopped = stopped_early(directory)
+    if stopped is not None and spec.onset_stop is None:
+        say(f"{directory}: {stopped['reason']}; continuing it (this spec trains every task)")
+        remove_file(directory / COMPLETE_FILE)  # no longer complete: the rest of its tasks follow
     if (directory / COMPLETE_FILE).exists():
         say(f"{directory}: already complete")
         tracking = None if tracking_finished(directory) else RunTracking.open(spec, directory, say)
@@ -304,13 +320,18 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
         service.submit.remote(spec.model_dump(mode="json"), baseline_request(spec, directory))
     tail = _ProgressTail(spec, metrics, say, tracking=tracking)
     tail.start()
+    decisions = GroupDecisions(spec, group_runs(spec), service, say) if service and policy_of(spec) else None
+    if decisions is not None:
+        decisions.start()
     complete = False
     try:
         try:
             build_trainer(spec, directory, callbacks).fit()
         finally:
-            tail.stop.set()
-            tail.join()
+            for thread in (tail, decisions):
+                if thread is not None:
+                    thread.stop.set()
+                    thread.join()
         if service is not None:
             _finish_probes(spec, directory, say)
         summary = _summary(directory)

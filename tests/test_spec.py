@@ -31,6 +31,7 @@ def test_defaults_are_the_papers_recipe():
     assert not spec.probe.auc_includes_step0  # the AUC measures learning during probing
     assert spec.probe.replicates == 1  # the paper probes each checkpoint once
     assert spec.probe.extended is None and spec.probe.every_cycles == 1  # §V-A: a probe at every cycle end
+    assert spec.schedule.stop is None and spec.onset_stop is None  # §V-A: every task of every cycle is trained
     assert spec.diagnostics.dormant_threshold == 0.01
     assert spec.lr == pytest.approx(3e-3)  # 5M at Appendix A's rule
 
@@ -42,7 +43,8 @@ def test_shipped_experiments_validate(path, capsys):
 
 
 def test_shipped_experiments_include_the_required_ones():
-    assert {"demo.yaml", "paper_continual.yaml", "paper_stationary.yaml", "lr_grid.yaml"} <= {p.name for p in EXPERIMENTS}
+    assert {"demo.yaml", "paper_continual.yaml", "paper_continual_adaptive.yaml", "paper_stationary.yaml",
+            "lr_grid.yaml"} <= {p.name for p in EXPERIMENTS}
 
 
 def _validate_output(name, capsys) -> str:
@@ -71,6 +73,22 @@ def test_validate_says_the_continual_probes_in_words(capsys):
     assert "probes at cycle ends (after ru) and after zh, de;" in out
     assert "a fresh random subsample for each probe" in out
     assert "AUC over the evaluations during training (from step 95)" in out
+
+
+def test_the_adaptive_paper_spec_is_the_paper_spec_with_both_policies_and_seeds(capsys):
+    out = _validate_output("paper_continual_adaptive.yaml", capsys)
+    assert ("and after zh, de only in the 2 cycle(s) each side of the cycle-end minimum (kept, then probed or released "
+            "as the group's curve decides)") in out
+    assert "stops: each group of seeds 2 cycle(s) after its onset is confirmed" in out
+    experiments = Path(__file__).parent.parent / "experiments"
+    paper = load_spec(experiments / "paper_continual.yaml").model_dump(mode="json")
+    adaptive = load_spec(experiments / "paper_continual_adaptive.yaml").model_dump(mode="json")
+    assert adaptive["probe"]["extended"].pop("near_minimum") == {"cycles": 2}
+    assert adaptive["schedule"].pop("stop") == {"onset_confirmed": {"margin_cycles": 2, "level": 0.9}}
+    assert adaptive["sweep"]["grid"].pop("seed") == [0, 1, 2]
+    paper["schedule"].pop("stop")
+    paper["probe"]["extended"].pop("near_minimum")
+    assert {**adaptive, "name": "paper_continual"} == paper  # everything else is the paper's
 
 
 def test_the_paper_specs_state_the_papers_pools():
@@ -159,6 +177,15 @@ BAD_SPECS = {
     "replicates of one draw": ("probe: {replicates: 2, same_data_order: true}",
                                "probe.replicates: 2 replicates with probe.same_data_order would all train on the same rows"),
     "explicit point path": ("sweep: {points: [{optimizer.lrr: 1}]}", "sweep.points[0].optimizer.lrr: not a field"),
+    "near minimum and fixed cycles": ("probe: {extended: {languages: [zh], cycles: [2, 4], near_minimum: {cycles: 1}}}",
+                                      "probe.extended.cycles: near_minimum chooses the cycles itself"),
+    "stop without every cycle end": ("schedule: {stop: {onset_confirmed: {margin_cycles: 1}}}\nprobe: {every_cycles: 2}",
+                                     "schedule.stop.onset_confirmed: needs continual mode with a probe at every cycle end"),
+    "near minimum and weight distance": ("probe: {extended: {languages: [zh], near_minimum: {}}}\n"
+                                         "diagnostics: {enabled: [weight_distance]}",
+                                         "diagnostics.enabled: weight_distance compares each probe point with the one"),
+    "near minimum in stationary mode": ("schedule: {mode: stationary}\nprobe: {extended: {languages: [zh], "
+                                        "near_minimum: {}}}", "probe.extended.near_minimum: needs continual mode"),
 }
 
 
@@ -240,6 +267,9 @@ def test_run_identity_is_declared_per_field():
         "storage_path": "/elsewhere", "label": "a name", "alarms.enabled": False,
         "optimizer.lr": 3e-3,  # the paper's rule for 5M, written as its number
         "schedule.reset_optimizer_per_task": True,  # the continual default, written out
+        # The adaptive protocol changes what is probed and where a run ends, not what it trains up to there.
+        "schedule.stop": {"onset_confirmed": {"margin_cycles": 1}},
+        "probe.extended": {"languages": ["zh"], "near_minimum": {"cycles": 2}},
     }
     for path, value in same.items():
         assert run_id(with_overrides(base, {path: value})) == run_id(base), path

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from plasticity_ray.analysis.onset import DRAWS, LEVEL, WINDOW, _smooth
+from plasticity_ray.spec import ExperimentSpec
 
 FIRST_LOOK = WINDOW + 1  # cycle ends before the smoothed curve can have a minimum with a window after it
 
@@ -42,11 +43,23 @@ class Policy:
     level: float = LEVEL
     draws: int = DRAWS
     seed: int = 0  # of the rotations: a decision taken again (a resumed run) is the same
+    confirm_at: int | None = None  # debug.confirm_onset_at_look: the rise counts as confirmed at this look
 
     @property
     def threshold(self) -> float:
         """The p-value at or below which one look confirms the rise: α shared over every look."""
         return (1 - self.level) / max(1, self.cycles - FIRST_LOOK + 1)
+
+
+def policy_of(spec: ExperimentSpec) -> Policy | None:
+    """The spec's adaptive policies (probe.extended.near_minimum, schedule.stop.onset_confirmed);
+    None when neither is on."""
+    extended, stop = spec.probe.extended, spec.onset_stop
+    near = extended.near_minimum if extended else None
+    if near is None and stop is None:
+        return None
+    return Policy(spec.schedule.cycles, near.cycles if near else None, stop.margin_cycles if stop else None,
+                  stop.level if stop else LEVEL, confirm_at=spec.debug.confirm_onset_at_look)
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class Decision:
     confirmed_at: int | None  # the first look that confirmed the rise
     confirmed_minimum: int | None  # the minimum's cycle at that look
     stop_after: int | None  # the last cycle (0-based) to train; None: train every cycle
+    forced: bool = False  # confirmed by debug.confirm_onset_at_look, not by the test
 
     def keeps(self, cycle: int) -> bool:
         """Whether a kept point of `cycle` may still be probed: near the minimum, or near a cycle end
@@ -74,6 +88,9 @@ class Decision:
         """Why the group stops, in words (None: it does not)."""
         if self.stop_after is None:
             return None
+        if self.forced:
+            return (f"onset taken as confirmed at the end of cycle {self.confirmed_at} (debug.confirm_onset_at_look); "
+                    f"stopped after cycle {self.stop_after + 1}")
         return (f"onset confirmed at the end of cycle {self.confirmed_at} (rise after the minimum at cycle "
                 f"{self.confirmed_minimum + 1}, sequential p = {self.p_value:.3g}); stopped after cycle "
                 f"{self.stop_after + 1}")
@@ -125,6 +142,8 @@ def decide(cycle_ends: np.ndarray, policy: Policy, final: bool = False) -> Decis
         p_values = sequential_p_values(cycle_ends[None], np.random.default_rng(policy.seed), policy.draws)[0]
         p_value = float(p_values[-1])
         confirming = [k + WINDOW for k, p in enumerate(p_values) if k + WINDOW >= FIRST_LOOK and p <= policy.threshold]
+        if policy.confirm_at is not None:
+            confirming = [policy.confirm_at] if looks >= policy.confirm_at else []
         if confirming:
             confirmed_at = confirming[0]
             confirmed_minimum = int(minima[confirmed_at - WINDOW])
@@ -143,4 +162,4 @@ def decide(cycle_ends: np.ndarray, policy: Policy, final: bool = False) -> Decis
                 probe_cycles.update(range(max(0, minimum - window + 1), min(last, minimum + window) + 1))
     minimum = int(minima[-1])
     return Decision(looks, minimum, minimum < looks - 1 - WINDOW // 2, tuple(sorted(probe_cycles)), window, p_value,
-                    confirmed_at, confirmed_minimum, stop_after)
+                    confirmed_at, confirmed_minimum, stop_after, policy.confirm_at is not None)

@@ -59,6 +59,7 @@ class Analysis:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (figure or table, why)
     mitigations: list[dict] = field(default_factory=list)
     level: float = LEVEL
+    stopped: list[dict] = field(default_factory=list)  # runs stopped early (schedule.stop): trial_id, after_tasks, reason
 
 
 def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
@@ -156,7 +157,8 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, level: flo
     run_groups = group_runs(runs, level)
     groups = [group_row(g) for g in run_groups]
     families, fit_points = family_fits(groups, level)
-    result = Analysis(out_dir, groups, rows, families, fit_points, level=level)
+    result = Analysis(out_dir, groups, rows, families, fit_points, level=level,
+                      stopped=[{"trial_id": r.trial_id, **r.stopped} for r in runs if r.stopped])
 
     write_bytes_atomic(out_dir / "onsets.csv", to_csv(groups, GROUP_COLUMNS).encode())
     write_bytes_atomic(out_dir / "run_onsets.csv", to_csv(rows, RUN_ONSET_COLUMNS).encode())
@@ -208,6 +210,7 @@ def format_analysis(result: Analysis) -> str:
     words, the variants side by side, the best fit, what was skipped and where the report is."""
     lines = [format_table(result.run_onsets, [c for c in RUN_ONSET_COLUMNS if c != "message"])]
     lines += [f"  {row['trial_id']}: {row['message']}" for row in result.run_onsets]
+    lines += [f"  {r['trial_id']} stopped early after {r['after_tasks']} tasks: {r['reason']}" for r in result.stopped]
     lines += ["\nconclusions per run group (runs that differ only in their seed):" + _tested(result)]
     lines += [f"  {row['message']}" for row in result.onsets]
     if len({r["variant"] for r in result.mitigations}) > 1:
@@ -258,6 +261,9 @@ def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> s
         tokens = f"{r['onset_tokens']:.3g}" if r["onset_tokens"] is not None else "-"
         lines.append(f"| {r['trial_id']} | {r['size']} | {r['params']:,} | {r['probes']} | "
                      f"{r['onset_tasks'] if r['onset_tasks'] is not None else '-'} | {tokens} | {r['message']} |")
+    if result.stopped:
+        lines += ["", "## Runs stopped early (schedule.stop)", "", "| run | tasks trained | why |", "|---|---:|---|"]
+        lines += [f"| {r['trial_id']} | {r['after_tasks']} | {r['reason']} |" for r in result.stopped]
     for family in result.families:
         lines += ["", f"## Scaling fit (Appendix B): {family['family']}", "",
                   "| group | params | onset (tasks) | interval | verdict | fitted |", "|---|---:|---:|---|---|---|"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from plasticity_ray.analysis.onset import percent_change
 from plasticity_ray.model.sizes import resolve_size
 from plasticity_ray.rundir import (
-    DIAGNOSTICS, METRICS_FILE, PROBES, SPEC_FILE, read_alarms, read_jsonl, read_job_rows, run_dirs,
+    DIAGNOSTICS, METRICS_FILE, PROBES, SPEC_FILE, read_alarms, read_jsonl, read_job_rows, run_dirs, stopped_early,
 )
 
 
@@ -25,6 +25,7 @@ class Run:
     diagnostics: dict[int, dict]  # task index → ok diagnostics row
     metrics: list[dict] = field(default_factory=list)
     alarms: list[dict] = field(default_factory=list)
+    stopped: dict | None = None  # {"after_tasks", "reason"}: its group stopped it early (schedule.stop)
 
     @property
     def trial_id(self) -> str:
@@ -125,7 +126,7 @@ def load_run(path: Path) -> Run:
     diagnostics = {r["task_index"]: r for r in read_job_rows(path, DIAGNOSTICS) if r.get("status") == "ok"}
     metrics = [r for r in read_jsonl(path / METRICS_FILE) if "loss" in r]
     return Run(path, json.loads((path / SPEC_FILE).read_text()), points, baseline, diagnostics, metrics,
-               read_alarms(path))
+               read_alarms(path), stopped_early(path))
 
 
 def load_runs(experiment_dirs: list[Path]) -> list[Run]:

@@ -11,7 +11,8 @@ from plasticity_ray.analysis.runs import Run
 from plasticity_ray.rundir import COMPLETE_FILE
 
 TRIAL_COLUMNS = ["trial_id", "label", "size", "lr", "seed", "status", "tokens_seen", "last_train_loss", "val_score",
-                 "probes_done", "latest_auc", "auc_change_percent", "alarms", "first_alarm"]
+                 "probes_done", "latest_auc", "auc_change_percent", "alarms", "first_alarm", "stopped_after_tasks",
+                 "stop_reason"]
 PROBE_COLUMNS = ["trial_id", "size", "lr", "seed", "cycle", "task_index", "language", "auc", "auc_sd", "normalized_auc",
                  "auc_change_percent", "weight_magnitude", "dormant_percent", "lazy_heads_percent",
                  "collapsed_heads_percent", "weight_distance"]
@@ -57,6 +58,8 @@ def trial(run: Run) -> tuple[dict, list[dict]]:
         "val_score": sum(val_losses) / len(val_losses) if val_losses else None,
         "alarms": len(run.alarms),
         "first_alarm": f"{first_alarm['signal']} after task {first_alarm['task'] + 1}" if first_alarm else None,
+        "stopped_after_tasks": run.stopped["after_tasks"] if run.stopped else None,
+        "stop_reason": run.stopped["reason"] if run.stopped else None,
     }
     points = _probe_rows(run, row)
     regular = run.cycle_end_probes

@@ -38,6 +38,13 @@ def is_probe_point(spec: ExperimentSpec, task: Task) -> bool:
     return extended is not None and task.language in extended.languages and extended.covers(task.cycle)
 
 
+def is_deferred(spec: ExperimentSpec, task: Task) -> bool:
+    """An extended probe point kept unprobed until the group's decisions place it (near_minimum)."""
+    extended = spec.probe.extended
+    return (extended is not None and extended.near_minimum is not None and is_probe_point(spec, task)
+            and task.position != len(spec.data.languages) - 1)
+
+
 def probe_ordinal(spec: ExperimentSpec, task_index: int) -> int:
     """How many probe points come before task `task_index`'s (the same on every restart)."""
     return sum(is_probe_point(spec, task_info(spec, i)) for i in range(task_index))

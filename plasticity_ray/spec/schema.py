@@ -172,6 +172,18 @@ class DataSpec(_Section):
         return caps.get(language) if isinstance(caps, dict) else caps
 
 
+class OnsetConfirmed(_Section):
+    """Stop a group of seeds once the rise of its cycle-end curve after the minimum is confirmed by a
+    sequential test (`analysis.adaptive`), after training this many more cycles."""
+
+    margin_cycles: Annotated[int, Ge(0)] = 2
+    level: Annotated[float, Gt(0), Lt(1)] = 0.9  # 1 − the chance that a flat curve is ever stopped
+
+
+class StopSpec(_Section):
+    onset_confirmed: OnsetConfirmed | None = None
+
+
 class ScheduleSpec(_Section):
     mode: Literal["continual", "stationary"] = "continual"
     # Continual: cycles of one task per language. Stationary: cycles × languages chunks of the mixture.
@@ -184,6 +196,9 @@ class ScheduleSpec(_Section):
     restart_warmup_per_task: bool | None = None
     # Stationary mode only: relative weight of each language in the mixture (default uniform).
     mixture_weights: dict[Language, Annotated[float, Gt(0)]] | None = None
+    # Opt-in: end runs early (the paper trains every task). What is trained up to the stop is the
+    # same, so a stopped run continues when the spec without the stop runs it again.
+    stop: StopSpec | None = Field(None, json_schema_extra=NOT_TRAINED)
 
 
 class OptimizerSpec(_Section):
@@ -200,12 +215,22 @@ class BatchSpec(_Section):
     micro_batch: PositiveInt | Literal["auto"] = Field("auto", json_schema_extra=NOT_TRAINED)
 
 
+class NearMinimum(_Section):
+    """Probe the extended points only in the `cycles` cycles each side of the cycle-end curve's
+    minimum, decided while the group of seeds trains (`analysis.adaptive`); the others are kept as
+    weights until they cannot be near it, then released."""
+
+    cycles: PositiveInt = 2
+
+
 class ExtendedProbing(_Section):
     """Appendix B's extended probing: also probe after these languages (the paper: zh and de; ru
-    ends the cycle), in every cycle or only in cycles `from`..`to` (1-based, inclusive)."""
+    ends the cycle), in every cycle, only in cycles `from`..`to` (1-based, inclusive), or only near
+    the minimum (`near_minimum`, what the paper did by hand)."""
 
     languages: Annotated[list[Language], Field(min_length=1), AfterValidator(_unique)]
     cycles: tuple[PositiveInt, PositiveInt] | None = None
+    near_minimum: NearMinimum | None = None
 
     def covers(self, cycle: int) -> bool:
         """Whether 0-based `cycle` is in the range."""
@@ -321,6 +346,8 @@ class TrackingSpec(_Section):
 class DebugSpec(_Section):
     fail_at_step: Annotated[int, Ge(0)] | None = None  # crash one worker once at this global step
     fail_by: Literal["exception", "sigkill"] = "exception"  # sigkill: the worker process dies outright
+    # Exercise onset-confirmed stops: the rise counts as confirmed at this look (cycle ends measured).
+    confirm_onset_at_look: Annotated[int, Ge(4)] | None = None  # the first look the test takes
 
 
 class OptunaSearchSpec(_Section):
@@ -466,6 +493,7 @@ class ExperimentSpec(_Section):
             problems.append(f"probe.extended.cycles: from {extended.cycles[0]} is after to {extended.cycles[1]}")
         elif extended and extended.cycles and extended.cycles[0] > self.schedule.cycles:
             problems.append(f"probe.extended.cycles: starts after the last cycle ({self.schedule.cycles})")
+        problems += self._adaptive_problems()
         if self.probe.replicates > 1 and self.probe.same_data_order:
             problems.append(f"probe.replicates: {self.probe.replicates} replicates with probe.same_data_order would "
                             "all train on the same rows; replicates need their own draws (same_data_order: false)")
@@ -536,6 +564,28 @@ class ExperimentSpec(_Section):
         """Stationary mode: chunks between probes."""
         every = self.probe.every_tokens or self.schedule.tokens_per_task
         return every // self.schedule.tokens_per_task
+
+    def _adaptive_problems(self) -> list[str]:
+        """The adaptive policies read the curve of cycle-end probes: every cycle end must be one."""
+        problems = []
+        extended = self.probe.extended
+        needs = [name for name, on in (("probe.extended.near_minimum", extended and extended.near_minimum),
+                                       ("schedule.stop.onset_confirmed", self.onset_stop)) if on]
+        for name in needs:
+            if self.schedule.mode != "continual" or not self.probe.enabled or self.probe.every_cycles != 1:
+                problems.append(f"{name}: needs continual mode with a probe at every cycle end (probe.enabled, "
+                                "probe.every_cycles: 1)")
+        if extended and extended.near_minimum and extended.cycles:
+            problems.append("probe.extended.cycles: near_minimum chooses the cycles itself; set one or the other")
+        if extended and extended.near_minimum and "weight_distance" in self.diagnostics.enabled:
+            problems.append("diagnostics.enabled: weight_distance compares each probe point with the one measured "
+                            "before it, which probe.extended.near_minimum measures out of order")
+        return problems
+
+    @property
+    def onset_stop(self) -> OnsetConfirmed | None:
+        """schedule.stop.onset_confirmed, if the spec stops its groups once their onset is confirmed."""
+        return self.schedule.stop.onset_confirmed if self.schedule.stop else None
 
     @property
     def tasks(self) -> int:

@@ -10,6 +10,7 @@ from the newest one at the exact (task, step).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import queue
 import signal
@@ -25,12 +26,13 @@ import torch.distributed as dist
 
 from plasticity_ray.data.prepare import load_prepared
 from plasticity_ray.data.schedule import task_stream, validation_sample
-from plasticity_ray.rundir import COMPLETE_FILE, METRICS_FILE, CompleteRecord, MetricRow, ProbePoint, read_jsonl
+from plasticity_ray.rundir import (COMPLETE_FILE, METRICS_FILE, STOP_FILE, CompleteRecord, MetricRow, ProbePoint, StopRecord,
+                                   read_jsonl)
 from plasticity_ray.spec import ExperimentSpec
-from plasticity_ray.storage import write_json_atomic
+from plasticity_ray.storage import read_text, write_json_atomic
 from plasticity_ray.train import checkpoint
 from plasticity_ray.train.alarms import AlarmBook, near_zero_fraction
-from plasticity_ray.spec.protocol import Task, is_probe_point, task_info
+from plasticity_ray.spec.protocol import Task, is_deferred, is_probe_point, task_info
 from plasticity_ray.train.hooks import Hooks, StepEnd, TaskEnd
 from plasticity_ray.train.metrics import RunLog
 from plasticity_ray.train.recipe import build, evaluate, make_optimizer, scheduled_lr, train_step
@@ -103,9 +105,12 @@ class Trainer:
     def run(self) -> None:
         spec = self.spec
         upcoming = self._stream(self.position.task, self.position.step)
+        stopped = None
         for index in range(self.position.task, spec.tasks):
             task = task_info(spec, index)
             start = self.position.step if index == self.position.task else 0
+            if start == 0 and task.position == 0 and (stopped := self._group_stop(task)) is not None:
+                break  # at a cycle's start: every cycle trained ends with its probe (a resumed task is finished)
             if start == 0 and spec.resets_optimizer:
                 self.optimizer = make_optimizer(self.model, spec, self.device)
             batches, upcoming = upcoming, (self._stream(index + 1, 0) if index + 1 < spec.tasks else None)
@@ -114,10 +119,26 @@ class Trainer:
         digests = self._replica_digests()
         if self.rank == 0:
             record: CompleteRecord = {"tasks": spec.tasks, "time": time.time(), "replica_digests": digests}
+            if stopped is not None:
+                record.update(tasks=index, stopped={"after_tasks": index, "reason": stopped["reason"]})
             write_json_atomic(self.run_dir / COMPLETE_FILE, record)
             self.log.close()
             if self.alarm_book is not None:
                 self.alarm_book.close()
+
+    def _group_stop(self, task: Task) -> StopRecord | None:
+        """The group's stop decision (schedule.stop), if it ends the run before `task` (the first of
+        a cycle); every rank gets rank 0's reading, so all stop at the same task."""
+        if self.spec.onset_stop is None or task.index == 0:
+            return None
+        decision = None
+        if self.rank == 0 and (self.run_dir / STOP_FILE).exists():
+            decision = json.loads(read_text(self.run_dir / STOP_FILE))
+        if self.world_size > 1:
+            shared = [decision]
+            dist.broadcast_object_list(shared, src=0)
+            decision = shared[0]
+        return decision if decision is not None and task.cycle > decision["stop_after_cycle"] else None
 
     def _replica_digests(self) -> list[int]:
         """A checksum of every rank's final weights: DDP replicas (and every mitigation's in-place
@@ -221,6 +242,7 @@ class Trainer:
                 run_dir=str(self.run_dir), checkpoint=str(path), size=self.spec.model.size, lr=self.spec.lr,
                 seed=self.spec.seed, cycle=task.cycle, task_index=task.index, language=task.language,
                 global_step=global_step, tokens_seen=global_step * self.spec.batch.global_tokens,
+                deferred=is_deferred(self.spec, task),
             )
             for hook in self.hooks.probe_point:
                 hook(point)

@@ -6,7 +6,7 @@ import pytest
 
 from plasticity_ray.analysis.adaptive import FIRST_LOOK, Policy, decide, running_minimum, sequential_p_values
 from plasticity_ray.analysis.onset import find_onset, rotation_p_values
-from plasticity_ray.bench.adaptive import CYCLES, adaptive_runs, paper_layout, run_cell, table_iv_onsets
+from plasticity_ray.bench.adaptive import CYCLES, adaptive_runs, layout, run_cell, table_iv_onsets
 
 GROUPS = 500
 ALLOWANCE = 2 * np.sqrt(0.1 * 0.9 / GROUPS)  # two standard errors of a 10% rate
@@ -75,8 +75,6 @@ def test_a_clear_rise_stops_the_group_after_its_margin_and_says_why():
 def test_the_simulation_decides_as_decide_does():
     """The vectorised simulation's stops and probed cycles are those of `decide`, look by look."""
     rng = np.random.default_rng(11)
-    tasks, languages, cycle_of = paper_layout(16)
-    ends = np.flatnonzero(np.array(languages) == "ru")
     cycle_ends = 1 + rng.normal(0, 0.003, (6, 3, 16)) + 0.05 * (np.arange(16) / 15 - 0.3) ** 2
     policy = Policy(16, 2, 2, draws=400)
     runs = adaptive_runs(cycle_ends, policy, 400, np.random.default_rng(policy.seed))

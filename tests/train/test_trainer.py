@@ -267,3 +267,28 @@ def test_a_worker_crash_on_the_gpu_code_path_resumes_exactly(demo_prepared, demo
     probe = json.loads((second.run_dir / "probes" / "task-00003.json").read_text())
     diagnostics = json.loads((second.run_dir / "diagnostics" / "task-00003.json").read_text())
     assert probe["status"] == "ok" and probe["device"] == "cpu" and diagnostics["attention_entropy"]["per_head"]
+
+
+def test_a_group_stop_ends_every_worker_at_a_cycle_start_and_the_full_spec_continues_it(demo_prepared, demo_spec,
+                                                                                       tmp_path):
+    """stop.json (what the group's decisions write) stops both DDP workers before the next cycle, as
+    a complete run that says why; the same spec without `schedule.stop` then trains it to the end."""
+    from plasticity_ray.rundir import STOP_FILE, stopped_early
+    from plasticity_ray.storage import write_json_atomic
+
+    full = _tiny(demo_spec, tmp_path, **{"data.languages": ["en", "zh"], "schedule.cycles": 2,
+                                         "schedule.tokens_per_task": 8192, "probe.extended": None})
+    adaptive = with_overrides(full, {"schedule.stop": {"onset_confirmed": {"margin_cycles": 0}}})
+    write_json_atomic(run_dir(adaptive) / STOP_FILE, {
+        "stop_after_cycle": 0, "reason": "written by the test", "confirmed_at": 1, "p_value": 0.0, "threshold": 0.1})
+    summary = run_training(adaptive, **QUIET)
+    record = json.loads((summary.run_dir / COMPLETE_FILE).read_text())
+    assert record["tasks"] == 2 and stopped_early(summary.run_dir) == {"after_tasks": 2, "reason": "written by the test"}
+    assert len(record["replica_digests"]) == 2 and len(set(record["replica_digests"])) == 1
+    assert {r["task"] for r in _metrics(adaptive)} == {0, 1}
+    said = []
+    summary = run_training(full, say=said.append)
+    assert run_dir(full) == run_dir(adaptive)  # a stop is not part of what a run trains
+    assert any("written by the test; continuing it (this spec trains every task)" in line for line in said)
+    assert summary.complete and stopped_early(summary.run_dir) is None
+    assert [(r["task"], r["step"]) for r in _metrics(full)] == [(t, s) for t in range(4) for s in (2, 4)]
