@@ -84,6 +84,11 @@ def cmd_train(args) -> int:
     if (spec.sweep.grid or spec.sweep.variants or spec.sweep.points) and args.size is None:
         print(f"note: {args.spec} has a sweep; `train` runs the base spec (size {spec.model.size}). "
               "Use `--size`, or `plasticity-ray sweep` for the whole sweep.")
+    if (spec.onset_stop or (spec.probe.extended and spec.probe.extended.near_minimum)) and \
+            len(spec.sweep.grid.get("seed", [])) > 1:
+        print("note: the adaptive policies decide over the run's group (the seeds of sweep.grid.seed): its kept "
+              "points are probed or released, and its stop decided, as far as the other seeds have run; "
+              "`plasticity-ray sweep` runs them together")
     init_ray()
     check_resources(spec)
     again = f"run `plasticity-ray {' '.join(args.argv)}` again once it answers: the run continues from its last checkpoint there"
@@ -112,7 +117,12 @@ def cmd_train(args) -> int:
 def cmd_plan(args) -> int:
     from plasticity_ray.plan import format_plan, plan, plan_json
 
-    result = plan(_spec(args.spec), gpu=args.gpu, gpus=args.gpus, mfu=args.mfu)
+    onsets = None
+    if args.onsets:
+        from plasticity_ray.bench.adaptive import size_onsets
+
+        onsets = size_onsets(Path(args.onsets))
+    result = plan(_spec(args.spec), gpu=args.gpu, gpus=args.gpus, mfu=args.mfu, onsets=onsets)
     print(json.dumps(plan_json(result), indent=2) if args.json else "\n".join(format_plan(result)))
     return 0
 
@@ -222,7 +232,10 @@ def _print_results(experiment_dir: Path, probes: bool, output: str = "table", gr
     elif output == "csv":
         print(to_csv(result["probes"], PROBE_COLUMNS) if probes else to_csv(result["trials"], TRIAL_COLUMNS), end="")
     else:
-        print(format_table(result["trials"], TRIAL_COLUMNS))
+        print(format_table(result["trials"], [c for c in TRIAL_COLUMNS if c != "stop_reason"]))
+        for row in result["trials"]:
+            if row.get("stop_reason"):
+                print(f"  {row['trial_id']} stopped early after {row['stopped_after_tasks']} tasks: {row['stop_reason']}")
         if probes:
             print()
             print(format_table(result["probes"], PROBE_COLUMNS))
@@ -311,9 +324,12 @@ def cmd_bench(args) -> int:
         from plasticity_ray.bench.adaptive import adaptive_study, format_summary, summary
         from plasticity_ray.bench.record import header
 
+        from plasticity_ray.plan import probe_cost_in_tasks
+
         started = header(args.argv)
-        study = adaptive_study(args.groups, args.flat_groups, args.draws, args.seed, args.workers,
-                               say=lambda line: print(line, file=sys.stderr))
+        paper = _spec(str(Path(__file__).resolve().parents[1] / "experiments" / "paper_continual.yaml"))
+        study = adaptive_study(probe_cost_in_tasks(paper), args.groups, args.flat_groups, args.draws, args.seed,
+                               args.workers, say=lambda line: print(line, file=sys.stderr))
         record = {**started, **study, "summary": summary(study)}
         print(format_summary(record), file=sys.stderr)
     else:
@@ -326,6 +342,14 @@ def cmd_bench(args) -> int:
         write_json_atomic(Path(args.out), record)
         print(f"written to {args.out}")
     return 0
+
+
+def _simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the simulation studies (`bench calibration`, `bench adaptive`) share."""
+    parser.add_argument("--draws", type=_positive_int, default=4000, help="random rotations per test (default 4000)")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--workers", type=_positive_int, help="processes (default: one per core)")
+    parser.add_argument("--out", help="also write the record to this JSON file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("spec", metavar="SPEC")
     plan.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100"], help="the GPU to plan for")
     plan.add_argument("--gpus", type=_positive_int, default=8, help="GPUs the sweep runs on (default 8)")
+    plan.add_argument("--onsets", metavar="FILE.csv",
+                      help="expected onsets (tasks) per size, columns model,onset, for adaptive specs (default: "
+                           "Table IV's, results/paper/table_iv.csv)")
     plan.add_argument("--mfu", type=_fraction,
                       help="model FLOPs utilisation (default: the newest results/bench record for the GPU, else 0.5)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -454,10 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("--groups", type=_positive_int, default=5000, help="simulated groups per cell (default 5000)")
     calibration.add_argument("--grid-groups", type=_positive_int, default=400,
                              help="groups per cell of the interval's robustness grid (default 400)")
-    calibration.add_argument("--draws", type=_positive_int, default=4000, help="random rotations per verdict")
-    calibration.add_argument("--seed", type=int, default=2026)
-    calibration.add_argument("--workers", type=_positive_int, help="processes (default: one per core)")
-    calibration.add_argument("--out", help="also write the record to this JSON file")
+    _simulation_arguments(calibration)
     adaptive = bench_commands.add_parser(
         "adaptive", help="the adaptive protocol (probes near the minimum, confirmed-onset stops) against the "
                          "paper's, on simulated groups")
@@ -465,10 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="simulated groups per cell with an onset (default 1000)")
     adaptive.add_argument("--flat-groups", type=_positive_int, default=4000,
                           help="simulated groups per flat-curve cell, where stops are errors (default 4000)")
-    adaptive.add_argument("--draws", type=_positive_int, default=4000, help="random rotations per test")
-    adaptive.add_argument("--seed", type=int, default=2026)
-    adaptive.add_argument("--workers", type=_positive_int, help="processes (default: one per core)")
-    adaptive.add_argument("--out", help="also write the record to this JSON file")
+    _simulation_arguments(adaptive)
     bench.set_defaults(func=cmd_bench)
     return parser
 

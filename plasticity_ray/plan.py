@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from plasticity_ray.analysis.adaptive import policy_of
 from plasticity_ray.data.tokenizers import tokenizer_class
 from plasticity_ray.model.sizes import resolve_size
 from plasticity_ray.spec import ExperimentSpec, grid_points, point_labels, with_overrides
@@ -56,7 +57,9 @@ class TrialPlan:
     train_gpu_hours: float
     probe_gpu_hours: float  # probes, their evaluations and the diagnostics
     checkpoint_bytes: int  # the newest `train.keep_checkpoints` checkpoints
-    probe_point_bytes: int  # every probe-point checkpoint, if none were released yet
+    probe_point_bytes: int  # every probe-point checkpoint, if none were released yet (adaptive: the kept peak)
+    tasks: float = 0.0  # tasks trained (adaptive: expected)
+    kept_peak: int | None = None  # adaptive: the most kept probe points held at once
 
     @property
     def gpu_hours(self) -> float:
@@ -75,6 +78,7 @@ class SweepPlan:
     wall_hours: float
     on_gpus: bool  # the spec's workers have GPUs (a CPU spec's GPU figures are hypothetical)
     notes: list[str]
+    full_gpu_hours: float | None = None  # adaptive specs: the same trials with every task trained and point probed
 
     @property
     def flops(self) -> float:
@@ -130,17 +134,21 @@ def evaluations_per_probe(spec: ExperimentSpec) -> int:
 
 
 def trial_plan(spec: ExperimentSpec, label: str, gpu: str, mfu: float | None = None,
-               bench_dir: Path = BENCH_DIR) -> TrialPlan:
+               bench_dir: Path = BENCH_DIR, expected: dict | None = None) -> TrialPlan:
+    """One trial's figures; `expected` (`bench.adaptive.expected_run`): the tasks and probe points
+    the adaptive protocol is expected to train and probe, and the kept points it holds at most."""
     size = spec.model.resolved
     vocab = tokenizer_class(spec.data.tokenizer).vocab_size
     seq_len, batch = spec.data.seq_len, spec.batch.global_tokens
     params = size.total_params(vocab, seq_len) + (size.hidden if spec.model.attention_sink else 0)
     per_token = size.flops_per_token(vocab, seq_len)
-    train_tokens = spec.tasks * spec.steps_per_task * batch
+    tasks = expected["tasks"] if expected else spec.tasks
+    train_tokens = round(tasks * spec.steps_per_task * batch)
     train_eval_tokens = 0
     if spec.train.eval_every:
-        train_eval_tokens = spec.tasks * (spec.steps_per_task // spec.train.eval_every) * spec.train.eval_sequences * seq_len
-    points = probe_points(spec) if spec.probe.enabled else 0
+        train_eval_tokens = round(tasks * (spec.steps_per_task // spec.train.eval_every) * spec.train.eval_sequences
+                                  * seq_len)
+    points = (round(expected["points"]) if expected else probe_points(spec)) if spec.probe.enabled else 0
     probe_jobs = (points + spec.probe.baseline) * spec.probe.replicates if spec.probe.enabled else 0
     probe_tokens = probe_jobs * spec.probe_steps * batch
     probe_eval_tokens = probe_jobs * evaluations_per_probe(spec) * spec.probe.eval_sequences * seq_len
@@ -159,8 +167,17 @@ def trial_plan(spec: ExperimentSpec, label: str, gpu: str, mfu: float | None = N
         mfu_source=chosen.source, train_gpu_hours=train_flops / gpu_hour_flops,
         probe_gpu_hours=side_flops / gpu_hour_flops,
         checkpoint_bytes=spec.train.keep_checkpoints * params * (MODEL_BYTES_PER_PARAM + OPTIMIZER_BYTES_PER_PARAM),
-        probe_point_bytes=points * params * MODEL_BYTES_PER_PARAM if spec.probe.enabled else 0,
+        probe_point_bytes=(expected["kept_peak"] if expected else points) * params * MODEL_BYTES_PER_PARAM
+        if spec.probe.enabled else 0,
+        tasks=tasks, kept_peak=expected["kept_peak"] if expected else None,
     )
+
+
+def probe_cost_in_tasks(spec: ExperimentSpec) -> float:
+    """What one probe point (its probe, evaluations and diagnostics) costs in training tasks of the
+    spec's first size (the ratio hardly changes with size)."""
+    trial = trial_plan(spec, spec.model.size, "h100", mfu=ASSUMED_MFU)
+    return (trial.probe_gpu_hours / trial.probe_jobs) / (trial.train_gpu_hours / spec.tasks)
 
 
 def shard_bytes(specs: list[ExperimentSpec]) -> int | None:
@@ -200,14 +217,46 @@ def _wall_hours(spec: ExperimentSpec, trials: list[TrialPlan], gpus: int) -> tup
     return concurrent, training_gpus, max(max(slots) + last_probe, side / probe_pool)
 
 
+def without_adaptive(spec: ExperimentSpec) -> ExperimentSpec:
+    """The spec with every task trained and every extended point probed (the paper's way)."""
+    extended = spec.probe.extended
+    return with_overrides(spec, {"schedule.stop": None, "probe.extended": extended and {
+        **extended.model_dump(), "near_minimum": None}})
+
+
 def plan(spec: ExperimentSpec, gpu: str = "h100", gpus: int = 8, mfu: float | None = None,
-         bench_dir: Path = BENCH_DIR) -> SweepPlan:
+         bench_dir: Path = BENCH_DIR, onsets: dict[str, int] | None = None) -> SweepPlan:
+    """The sweep's cost. With adaptive policies, each trial at what it is expected to train and probe
+    given the expected onset of its size (`onsets`; Table IV's by default), next to the full cost."""
     specs = [with_overrides(spec, point) for point in grid_points(spec)]
     labels = point_labels(spec)
     samples = spec.sweep.search.samples if spec.sweep.search else 1
-    trials = [trial_plan(s, label if samples == 1 else f"{label} #{i}", gpu, mfu, bench_dir)
-              for s, label in zip(specs, labels) for i in range(samples)]
     notes = []
+    expected: list[dict | None] = [None] * len(specs)
+    full_gpu_hours = None
+    if policy_of(spec):
+        from plasticity_ray.bench.adaptive import PLAN_GROUPS, expected_run, size_onsets
+
+        onsets = size_onsets() if onsets is None else onsets
+        seeds = len(spec.sweep.grid.get("seed", [spec.seed]))
+        cache: dict = {}
+        for i, s in enumerate(specs):
+            key = (s.model.size, s.schedule.cycles, onsets.get(s.model.size))
+            if key not in cache:
+                cache[key] = expected_run(s, onsets.get(s.model.size), seeds)
+            expected[i] = cache[key]
+        full_gpu_hours = sum(trial_plan(without_adaptive(s), label, gpu, mfu, bench_dir).gpu_hours
+                             for s, label in zip(specs, labels)) * samples
+        unknown = sorted({s.model.size for s in specs if s.model.size not in onsets})
+        notes.append(f"adaptive policies: tasks trained and points probed are what {PLAN_GROUPS} simulated groups of "
+                     f"{seeds} seed(s) did (Figure 9's shape, minimum at the size's expected onset, Gaussian noise of "
+                     "σ 0.3%: `bench adaptive`)" + (f"; no expected onset for {', '.join(unknown)}: simulated as a "
+                                                   "flat curve" if unknown else ""))
+        if seeds < 2 and spec.onset_stop:
+            notes.append("schedule.stop: one seed per group measures no training noise, so no run stops early "
+                         "(add seeds: sweep.grid.seed)")
+    trials = [trial_plan(s, label if samples == 1 else f"{label} #{i}", gpu, mfu, bench_dir, e)
+              for s, label, e in zip(specs, labels, expected) for i in range(samples)]
     if any(t.mfu_source == "assumed" for t in trials):
         notes.append(f"MFU {ASSUMED_MFU:.0%} is assumed: no {gpu.upper()} record in results/bench/ (--mfu sets it; "
                      "`plasticity-ray bench device-check` measures it)")
@@ -221,9 +270,8 @@ def plan(spec: ExperimentSpec, gpu: str = "h100", gpus: int = 8, mfu: float | No
         notes.append("data.train_tokens is unset (all the source has): shard storage is known only after preparing")
     concurrent, training_gpus, wall = _wall_hours(spec, trials, gpus)
     return SweepPlan(name=spec.name, gpu=gpu, gpus=gpus, concurrent_trials=concurrent, training_gpus=training_gpus,
-                     trials=trials,
-                     shard_bytes=shards, wall_hours=wall,
-                     on_gpus=bool(spec.resources.gpus_per_worker), notes=notes)
+                     trials=trials, shard_bytes=shards, wall_hours=wall, on_gpus=bool(spec.resources.gpus_per_worker),
+                     notes=notes, full_gpu_hours=full_gpu_hours)
 
 
 def _count(value: float) -> str:
@@ -291,8 +339,15 @@ def format_plan(plan: SweepPlan) -> list[str]:
         "storage ≈ " + (f"{_bytes(plan.shard_bytes)} prepared shards" if plan.shard_bytes is not None
                         else "the prepared source") +
         f", {_bytes(sum(t.checkpoint_bytes for t in plan.trials))} checkpoints (the newest kept per trial), "
-        f"{_bytes(sum(t.probe_point_bytes for t in plan.trials))} probe-point checkpoints if none were released",
+        f"{_bytes(sum(t.probe_point_bytes for t in plan.trials))} probe-point checkpoints " + (
+            "at the peak of kept points" if plan.full_gpu_hours is not None else "if none were released"),
     ]
+    if plan.full_gpu_hours is not None:
+        saving = 1 - plan.gpu_hours / plan.full_gpu_hours
+        peak = max(t.kept_peak or 0 for t in plan.trials)
+        lines.append(f"adaptive protocol ≈ {_gpu_hours(plan.gpu_hours)} {plan.gpu.upper()}-hours, against "
+                     f"{_gpu_hours(plan.full_gpu_hours)} with every task trained and every point probed: a saving of "
+                     f"{saving:.0%}; at most {peak} kept probe points per run at once")
     lines += [f"note: {note}" for note in plan.notes]
     return lines
 

@@ -4,6 +4,27 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
+from typing import Callable
+
+from plasticity_ray.errors import UserError
+
+
+def read_csv(path: Path, columns: dict[str, Callable]) -> list[tuple]:
+    """The rows of a CSV file as tuples of `columns` (name → conversion), rows with an empty value
+    left out (other columns ignored); a missing file or column or a bad value is one UserError."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = set(columns) - set(reader.fieldnames or [])
+            if missing:
+                raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need {','.join(columns)})")
+            return [tuple(convert(row[name]) for name, convert in columns.items()) for row in reader
+                    if all(row[name] for name in columns)]
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    except ValueError as err:
+        raise UserError(f"{path}: not a number ({err})") from None
 
 
 def to_csv(rows: list[dict], columns: list[str]) -> str:

@@ -83,3 +83,34 @@ def test_the_readme_quotes_the_committed_records():
     assert calibration["groups_per_cell"] >= 2500 and len(calibration["commit"]) == 40
     # The issue's bar, on the committed record: wherever a verdict or interval is given.
     assert calibration["summary"]["max_false_loss"] <= 0.12 and calibration["summary"]["min_coverage"] >= 0.85
+
+
+def test_the_readme_quotes_the_adaptive_protocols_record_and_the_record_meets_its_bar():
+    """`bench adaptive`'s table is in the README; on the committed record the onset is unchanged in
+    at least 95% of groups whose paper onset lies in the probed window, and no cell stops early
+    more often than the test's nominal error."""
+    from plasticity_ray.bench.adaptive import format_summary
+
+    record = json.loads((REPO / "results" / "adaptive_simulation.json").read_text())
+    assert format_summary(record) in (REPO / "README.md").read_text()
+    assert len(record["commit"]) == 40 and not record["uncommitted_changes"] and record["groups_per_cell"] >= 1000
+    summary = record["summary"]
+    assert summary["min_same_onset_inside_window"] >= 0.95
+    assert summary["max_stopped_before_true_onset"] <= summary["nominal_error"]
+
+
+def test_the_committed_adaptive_record_is_what_the_code_computes():
+    """One cell of the record, computed again from its seed by the code as it is now."""
+    import numpy as np
+
+    from plasticity_ray.analysis.adaptive import Policy
+    from plasticity_ray.bench.adaptive import CYCLES, run_cell
+
+    record = json.loads((REPO / "results" / "adaptive_simulation.json").read_text())
+    index, cell = next((i, c) for i, c in enumerate(record["cells"]) if c["seeds"] == 2 and c["onset"] == 54)
+    stream = np.random.SeedSequence(record["seed"]).spawn(len(record["cells"]))[index]
+    policy = record["policy"]
+    again = run_cell({k: cell[k] for k in ("noise", "seeds", "onset", "sizes")}, record["groups_per_cell"],
+                     policy["draws"], stream, record["probe_cost_tasks"],
+                     Policy(CYCLES, policy["near_minimum_cycles"], policy["margin_cycles"], policy["level"], policy["draws"]))
+    assert again == cell

@@ -103,3 +103,33 @@ def test_plan_command_prints_the_table_and_rejects_a_bad_mfu():
     bad = subprocess.run([*command, "--mfu", "1.5"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--mfu: '1.5': a fraction in (0, 1]" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_adaptive_protocol_is_priced_from_its_expected_runs_next_to_the_full_one(tmp_path):
+    """Each trial at the tasks and points `expected_run` simulates for its size's onset; the full
+    cost is the same trials with every task trained and every extended point probed."""
+    from plasticity_ray.bench.adaptive import expected_run
+    from plasticity_ray.plan import trial_plan, without_adaptive
+
+    spec = load_spec("experiments/paper_continual_adaptive.yaml")
+    result = plan(spec, gpu="h100", mfu=0.5)
+    assert len(result.trials) == 24  # 8 sizes × 3 seeds
+    small = result.trials[0]
+    expected = expected_run(spec, 6, 3)  # 5M (the spec's size) at its Table IV onset, 3 seeds
+    assert small.tasks == pytest.approx(expected["tasks"]) and small.tasks < 384
+    assert small.train_tokens == round(expected["tasks"] * 9537 * 524_288)
+    assert small.probe_jobs == round(expected["points"]) + 1 < 145  # fewer than every point, and the baseline
+    assert small.probe_point_bytes == expected["kept_peak"] * small.params * 4
+    full = trial_plan(without_adaptive(spec), "5M", "h100", 0.5)
+    assert full.probe_jobs == 145 and full.train_tokens == 384 * 9537 * 524_288
+    assert result.full_gpu_hours > result.gpu_hours
+    text = "\n".join(format_plan(result))
+    assert f"a saving of {1 - result.gpu_hours / result.full_gpu_hours:.0%}" in text
+    assert f"at most {expected['kept_peak']} kept probe points per run at once" in text
+    # Onsets of one's own: a later onset trains longer.
+    (tmp_path / "onsets.csv").write_text("model,onset\n5M,300\n")
+    later = plan(spec, gpu="h100", mfu=0.5, onsets={"5M": 300}).trials[0]
+    assert later.tasks > small.tasks
+    bad = subprocess.run([sys.executable, "-m", "plasticity_ray.cli", "plan", "experiments/paper_continual_adaptive.yaml",
+                          "--onsets", str(tmp_path / "missing.csv")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "missing.csv: cannot read" in bad.stderr and "Traceback" not in bad.stderr

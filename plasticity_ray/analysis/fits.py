@@ -19,7 +19,6 @@ for the exponential model. `band` gives the confidence band of the fitted line i
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 from plasticity_ray.analysis.onset import LEVEL
 from plasticity_ray.errors import UserError
+from plasticity_ray.tables import read_csv
 
 MODELS = ("linear", "linear_log", "exponential", "log_log")
 FORMULAS = {"linear": "T = a + b·P", "linear_log": "T = a + b·ln P", "exponential": "T = a·exp(b·P)",
@@ -158,17 +158,7 @@ def fit_onsets(params: list[float], onsets: list[float], predict: list[float] = 
 
 def read_onset_table(path: Path) -> tuple[list[float], list[float]]:
     """A CSV with columns params,onset (other columns ignored)."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"params", "onset"} - set(reader.fieldnames or [])
-            if missing:
-                raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need params,onset)")
-            rows = [(float(r["params"]), float(r["onset"])) for r in reader if r["params"] and r["onset"]]
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    except ValueError as err:
-        raise UserError(f"{path}: not a number ({err})") from None
+    rows = read_csv(path, {"params": float, "onset": float})
     return [p for p, _ in rows], [t for _, t in rows]
 
 

@@ -18,44 +18,68 @@ probe results arriving `lag` cycles after their cycle ends (training goes on mea
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from plasticity_ray.analysis.adaptive import FIRST_LOOK, Policy, running_minimum, sequential_p_values
+from plasticity_ray.analysis.adaptive import FIRST_LOOK, Policy, policy_of, running_minimum, sequential_p_values
 from plasticity_ray.analysis.onset import DRAWS, LEVEL, WINDOW, find_onset
 from plasticity_ray.bench.calibration import NOISE_MODELS, simulate, true_curve
+from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.tables import read_csv
 
 TABLE_IV = Path(__file__).resolve().parents[2] / "results" / "paper" / "table_iv.csv"
-CYCLES, TASKS_PER_CYCLE = 48, 8
-POINTS = ((2, "zh"), (6, "de"), (8, "ru"))  # tasks into a cycle at each probe point, the language just trained
+CYCLES = 48
+LANGUAGES = ("en", "zh", "fr", "ja", "es", "de", "pt", "ru")  # the paper's cycle
+EXTENDED = ("zh", "de")  # Appendix B's extended probes; ru ends the cycle
 SEEDS = (2, 3, 5)
 WINDOW_CYCLES, MARGIN_CYCLES = 2, 2  # experiments/paper_continual_adaptive.yaml's
 LAG_CYCLES = 1
 
 
-def table_iv_onsets(path: Path = TABLE_IV) -> dict[int, list[str]]:
+def size_onsets(path: Path = TABLE_IV) -> dict[str, int]:
+    """Expected onsets (tasks) by model size, from a CSV with columns model,onset (Table IV's by default)."""
+    return {model: round(onset) for model, onset in read_csv(path, {"model": str, "onset": float})}
+
+
+def table_iv_onsets() -> dict[int, list[str]]:
     """Table IV's onsets (tasks) and the sizes that have each."""
     onsets: dict[int, list[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            onsets.setdefault(int(float(row["onset"])), []).append(row["model"])
+    for size, onset in size_onsets().items():
+        onsets.setdefault(onset, []).append(size)
     return onsets
 
 
-def paper_layout(cycles: int = CYCLES) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Tasks trained at each probe point, the language trained just before it, and its cycle."""
-    points = [(TASKS_PER_CYCLE * c + at, lang, c) for c in range(cycles) for at, lang in POINTS]
-    return (np.array([t for t, _, _ in points]), [lang for _, lang, _ in points], np.array([c for _, _, c in points]))
+@dataclass(frozen=True)
+class Layout:
+    """The probe points of a continual schedule: tasks trained at each, the language trained just
+    before it, its cycle; cycle ends are the points after the cycle's last language."""
+
+    tasks: np.ndarray
+    languages: list[str]
+    cycle_of: np.ndarray
+    per_cycle: int  # tasks per cycle
+    extended: int  # extended points per cycle
+
+    @property
+    def ends(self) -> np.ndarray:
+        return np.flatnonzero(self.tasks % self.per_cycle == 0)
+
+
+def layout(cycles: int = CYCLES, languages: tuple[str, ...] = LANGUAGES, extended: tuple[str, ...] = EXTENDED) -> Layout:
+    points = [(len(languages) * c + i + 1, lang, c) for c in range(cycles) for i, lang in enumerate(languages)
+              if lang in extended or i == len(languages) - 1]
+    return Layout(np.array([t for t, _, _ in points]), [lang for _, lang, _ in points],
+                  np.array([c for _, _, c in points]), len(languages), len([x for x in languages[:-1] if x in extended]))
 
 
 def adaptive_runs(cycle_ends: np.ndarray, policy: Policy, draws: int, rng: np.random.Generator,
-                  lag: int = LAG_CYCLES) -> dict[str, np.ndarray]:
+                  lag: int = LAG_CYCLES, extended: int = len(EXTENDED)) -> dict[str, np.ndarray]:
     """What the adaptive protocol does with each group's cycle ends (groups × S × N): the last
     cycle trained, the cycles whose extended points it probes, and the peak of kept points."""
     groups, _, cycles = cycle_ends.shape
@@ -80,7 +104,7 @@ def adaptive_runs(cycle_ends: np.ndarray, policy: Policy, draws: int, rng: np.ra
         # the last look's window even when the curve is lowest at its end.
         opens = (minimum < look - 1 - WINDOW // 2) | (look == stop_after + 1)[:, None]
         probed |= live & near_minimum & opens & (cycle <= stop_after[:, None])
-        kept = (trained & ~probed & ~released).sum(1) * (len(POINTS) - 1)
+        kept = (trained & ~probed & ~released).sum(1) * extended
         peak = np.where(live[:, 0], np.maximum(peak, kept), peak)
     return {"stop_after": stop_after, "probed_cycles": probed, "peak_kept": peak}
 
@@ -90,15 +114,15 @@ def _onset_task(tasks: np.ndarray, curve: np.ndarray) -> int | None:
 
 
 def run_cell(cell: dict, groups: int, draws: int, seed_sequence: np.random.SeedSequence, probe_cost: float,
-             policy: Policy) -> dict:
+             policy: Policy, points: Layout | None = None) -> dict:
     rng = np.random.default_rng(seed_sequence)
-    tasks, languages, cycle_of = paper_layout(policy.cycles)
-    total = policy.cycles * TASKS_PER_CYCLE
+    points = points or layout(policy.cycles)
+    tasks, languages, cycle_of, ends = points.tasks, points.languages, points.cycle_of, points.ends
+    total = policy.cycles * points.per_cycle
     onset = cell["onset"]
     curve = true_curve(tasks, None if onset is None else onset / total)
     values = simulate(rng, cell["noise"], groups, cell["seeds"], 1, curve, languages).mean(2)  # groups × S × points
-    ends = np.flatnonzero(np.array(languages) == POINTS[-1][1])
-    runs = adaptive_runs(values[:, :, ends], policy, draws, rng)
+    runs = adaptive_runs(values[:, :, ends], policy, draws, rng, extended=points.extended)
     means = values.mean(1)
     same, inside, off, paper_error, adaptive_error = [], [], [], [], []
     probes = []
@@ -108,7 +132,7 @@ def run_cell(cell: dict, groups: int, draws: int, seed_sequence: np.random.SeedS
         paper = _onset_task(tasks, means[g])
         adaptive = _onset_task(tasks[chosen], means[g][chosen])
         same.append(paper == adaptive)
-        inside.append(paper is not None and bool(runs["probed_cycles"][g][(paper - 1) // TASKS_PER_CYCLE]))
+        inside.append(paper is not None and bool(runs["probed_cycles"][g][(paper - 1) // points.per_cycle]))
         if paper is not None and adaptive is not None and paper != adaptive:
             off.append(abs(paper - adaptive))
         if onset is not None:  # "not yet" (no onset found) counts as the end of the run
@@ -116,7 +140,7 @@ def run_cell(cell: dict, groups: int, draws: int, seed_sequence: np.random.SeedS
             adaptive_error.append(abs((adaptive or total) - onset))
         probes.append(int(chosen.sum()) + 1)  # and the baseline
     same, inside = np.array(same), np.array(inside)
-    trained_tasks = (runs["stop_after"] + 1) * TASKS_PER_CYCLE
+    trained_tasks = (runs["stop_after"] + 1) * points.per_cycle
     stopped = runs["stop_after"] < policy.cycles - 1
     before_onset = stopped & (trained_tasks < (np.inf if onset is None else onset))
     full_probes = len(tasks) + 1
@@ -141,15 +165,21 @@ def run_cell(cell: dict, groups: int, draws: int, seed_sequence: np.random.SeedS
     }
 
 
-def probe_cost_in_tasks() -> float:
-    """What one probe point (its probe, evaluations and diagnostics) costs in training tasks, from the
-    plan of experiments/paper_continual.yaml at 5M (the ratio hardly changes with size)."""
-    from plasticity_ray.plan import trial_plan
-    from plasticity_ray.spec import load_spec
+PLAN_GROUPS, PLAN_DRAWS = 300, 1000
 
-    spec = load_spec(Path(__file__).resolve().parents[2] / "experiments" / "paper_continual.yaml")
-    trial = trial_plan(spec, "5M", "h100", mfu=0.5)
-    return (trial.probe_gpu_hours / trial.probe_jobs) / (trial.train_gpu_hours / spec.tasks)
+
+def expected_run(spec: ExperimentSpec, onset: int | None, seeds: int) -> dict:
+    """What one run of `spec` is expected to do under its adaptive policies when its true onset is
+    `onset` tasks (None: a flat curve), from PLAN_GROUPS simulated groups of `seeds` seeds on
+    Gaussian noise of σ 0.3% and Figure 9's shape: the mean tasks trained and probe points probed
+    (the baseline aside), and the most kept points held at once."""
+    policy = replace(policy_of(spec), draws=PLAN_DRAWS, confirm_at=None)
+    extended = spec.probe.extended.languages if spec.probe.extended else []
+    points = layout(spec.schedule.cycles, tuple(spec.data.languages), tuple(extended))
+    cell = {"noise": "gaussian", "seeds": seeds, "onset": onset, "sizes": []}
+    result = run_cell(cell, PLAN_GROUPS, PLAN_DRAWS, np.random.SeedSequence(0), 1.0, policy, points)
+    return {"tasks": result["tasks_trained"] * spec.tasks,
+            "points": result["probes_run"] * (len(points.tasks) + 1) - 1, "kept_peak": result["peak_kept_max"]}
 
 
 def _call(job):
@@ -157,19 +187,19 @@ def _call(job):
     return function(*args)
 
 
-def adaptive_study(groups: int = 1000, flat_groups: int = 4000, draws: int = DRAWS, seed: int = 2026,
-                   workers: int | None = None,
+def adaptive_study(probe_cost: float, groups: int = 1000, flat_groups: int = 4000, draws: int = DRAWS,
+                   seed: int = 2026, workers: int | None = None,
                    window_cycles: int = WINDOW_CYCLES, margin_cycles: int = MARGIN_CYCLES,
                    seeds: tuple[int, ...] = SEEDS, models: tuple[str, ...] = NOISE_MODELS,
                    say: Callable[[str], None] = print) -> dict:
-    """Every cell seeded from (seed, cell number): the same record for any number of workers."""
+    """Every cell seeded from (seed, cell number): the same record for any number of workers.
+    `probe_cost`: what a probe point costs in training tasks (`plan.probe_cost_in_tasks`)."""
     policy = Policy(CYCLES, window_cycles, margin_cycles, LEVEL, draws)
     onsets = table_iv_onsets()
     truths: list[int | None] = [*sorted(onsets), None]
     cells = [{"noise": m, "seeds": s, "onset": t, "sizes": onsets.get(t, ["flat"])}
              for m in models for t in truths for s in seeds]
     streams = np.random.SeedSequence(seed).spawn(len(cells))
-    probe_cost = probe_cost_in_tasks()
     # A flat curve's stops are the test's error, compared with its nominal level: more groups there.
     jobs = [(run_cell, (c, groups if c["onset"] is not None else flat_groups, draws, s, probe_cost, policy))
             for c, s in zip(cells, streams)]
@@ -189,7 +219,7 @@ def adaptive_study(groups: int = 1000, flat_groups: int = 4000, draws: int = DRA
     return {
         "policy": {"near_minimum_cycles": window_cycles, "margin_cycles": margin_cycles, "level": LEVEL,
                    "per_look_threshold": policy.threshold, "draws": draws, "lag_cycles": LAG_CYCLES},
-        "layout": f"{CYCLES} cycles of {TASKS_PER_CYCLE} tasks, probes after zh, de and ru",
+        "layout": f"{CYCLES} cycles of {len(LANGUAGES)} tasks, probes after {', '.join(EXTENDED)} and {LANGUAGES[-1]}",
         "truth": "calibration.true_curve: 1% decline to Table IV's onset, 1% rise to the end; or flat",
         "probe_cost_tasks": probe_cost, "groups_per_cell": groups, "flat_groups_per_cell": flat_groups, "seed": seed,
         "wall_s": round(time.monotonic() - start, 1), "cells": results,
@@ -216,21 +246,25 @@ def _range(values: list[float], scale: float = 100, digits: int = 0) -> str:
 
 
 def format_summary(record: dict) -> str:
-    """The table the README quotes: per truth, over the noise models and seeds, the worst agreement
-    and early-stop rate, and the ranges of what was trained, probed and spent (paper = 100%)."""
+    """The table the README quotes: per truth, over the noise models and seeds, the worst agreement,
+    the median distance of each protocol's onset from the true one (worst cell), the worst early-stop
+    rate, and the ranges of what was trained, probed and spent (the paper's protocol = 100%)."""
     lines = ["| sizes (Table IV onset) | same onset, minimum in the probed window (worst) | same onset, all (worst) | "
-             "stopped before the true onset (worst) | tasks trained | probes run | compute | kept points (peak) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "off the true onset, paper / adaptive (median, worst cell) | stopped before the true onset (worst) | "
+             "tasks trained | probes run | compute | kept points (peak) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     cells = record["cells"]
     for onset in dict.fromkeys(c["true_onset"] for c in cells):
         chosen = [c for c in cells if c["true_onset"] == onset]
         label = "flat (no onset)" if onset is None else f"{', '.join(chosen[0]['sizes'])} ({onset})"
-        inside = [c["same_onset_inside_window"] for c in chosen if c["same_onset_inside_window"] is not None]
-        same_inside = f"{100 * min(inside):.1f}%" if inside and onset is not None else "-"
-        same = f"{100 * min(c['same_onset'] for c in chosen):.1f}%" if onset is not None else "-"
+        same_inside = same = off = "-"
+        if onset is not None:
+            same_inside = f"{100 * min(c['same_onset_inside_window'] for c in chosen):.1f}%"
+            same = f"{100 * min(c['same_onset'] for c in chosen):.1f}%"
+            off = (f"{max(c['paper_error_tasks_median'] for c in chosen):.0f} / "
+                   f"{max(c['adaptive_error_tasks_median'] for c in chosen):.0f} tasks")
         lines.append(
-            f"| {label} | {same_inside} | {same} | "
-            f"{100 * max(c['stopped_before_true_onset'] for c in chosen):.1f}% | "
+            f"| {label} | {same_inside} | {same} | {off} | {100 * max(c['stopped_before_true_onset'] for c in chosen):.1f}% | "
             f"{_range([c['tasks_trained'] for c in chosen])}% | {_range([c['probes_run'] for c in chosen])}% | "
             f"{_range([c['compute'] for c in chosen])}% | {max(c['peak_kept_max'] for c in chosen)} |")
     return "\n".join(lines)
