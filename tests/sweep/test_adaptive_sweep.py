@@ -63,15 +63,12 @@ def adaptive_and_every_point(demo_spec, demo_prepared, tmp_path_factory, ray_ses
             break
         time.sleep(0.2)
     first.wait()
-    # The stop is decided (cycle 8 the last): the same training to there, every point probed live, runs
-    # beside the resumed sweep (a task's data depends on its seed, language and cycle, not on how many
-    # cycles follow).
-    log = storage / "resumed.log"
-    with log.open("w") as out:
-        resumed = subprocess.Popen(command + ["--resume"], env=env, stdout=out, stderr=subprocess.STDOUT)
-        every_point = run_sweep(_spec(demo_spec, storage, "every_point", **{"schedule.cycles": STOP_AFTER_TASKS // 2}),
-                                **QUIET)
-        assert resumed.wait(timeout=900) == 0, log.read_text()
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # The same training to the cycle the group stopped at (a task's data depends on its seed,
+    # language and cycle, not on how many cycles follow), every point probed live.
+    cycles = max(json.loads((run / COMPLETE_FILE).read_text())["tasks"] for run in run_dirs(experiment)) // 2
+    every_point = run_sweep(_spec(demo_spec, storage, "every_point", **{"schedule.cycles": cycles}), **QUIET)
     return experiment, every_point.experiment_dir, killed_at
 
 
