@@ -71,6 +71,7 @@ def cmd_data(args) -> int:
 def cmd_train(args) -> int:
     from ray.train import TrainingFailedError
 
+    from plasticity_ray.analysis.adaptive import policy_of
     from plasticity_ray.probe.service import close_service
     from plasticity_ray.runtime import check_resources, init_ray
     from plasticity_ray.storage import StorageError, storage_problem
@@ -84,8 +85,7 @@ def cmd_train(args) -> int:
     if (spec.sweep.grid or spec.sweep.variants or spec.sweep.points) and args.size is None:
         print(f"note: {args.spec} has a sweep; `train` runs the base spec (size {spec.model.size}). "
               "Use `--size`, or `plasticity-ray sweep` for the whole sweep.")
-    if (spec.onset_stop or (spec.probe.extended and spec.probe.extended.near_minimum)) and \
-            len(spec.sweep.grid.get("seed", [])) > 1:
+    if policy_of(spec) and len(spec.sweep.grid.get("seed", [])) > 1:
         print("note: the adaptive policies decide over the run's group (the seeds of sweep.grid.seed): its kept "
               "points are probed or released, and its stop decided, as far as the other seeds have run; "
               "`plasticity-ray sweep` runs them together")
@@ -323,7 +323,6 @@ def cmd_bench(args) -> int:
     elif args.bench_command == "adaptive":
         from plasticity_ray.bench.adaptive import adaptive_study, format_summary, summary
         from plasticity_ray.bench.record import header
-
         from plasticity_ray.plan import probe_cost_in_tasks
 
         started = header(args.argv)

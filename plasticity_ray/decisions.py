@@ -94,7 +94,7 @@ def act(spec: ExperimentSpec, runs: list[Path], service, say: Callable[[str], No
                     own.append(request)
             elif (final or not decision.keeps(point.cycle)) and as_path(point.checkpoint).exists():
                 remove_tree(as_path(point.checkpoint))  # never probed, never will be: no job holds it
-        if decision.stop_after is not None and policy.margin_cycles is not None and not (run / STOP_FILE).exists():
+        if decision.stop_after is not None and not (run / STOP_FILE).exists():
             record: StopRecord = {"stop_after_cycle": decision.stop_after, "reason": decision.reason,
                                   "confirmed_at": decision.confirmed_at, "p_value": decision.p_value,
                                   "threshold": policy.threshold}

@@ -105,7 +105,7 @@ class JobRow(TypedDict, total=False):
 class StopRecord(TypedDict):
     """stop.json: the group's decision (`analysis.adaptive.Decision`) to stop after a cycle."""
 
-    stop_after_cycle: int  # 0-based: the last cycle trained (a run past it stops before its next task)
+    stop_after_cycle: int  # 0-based: the last cycle trained (a run past it stops before its next cycle)
     reason: str
     confirmed_at: int  # cycle ends measured when the rise was confirmed
     p_value: float

@@ -26,7 +26,8 @@ import ray.train.torch
 from ray.train.torch import TorchTrainer
 
 from plasticity_ray.data.prepare import prepare
-from plasticity_ray.decisions import GroupDecisions, act, measured, policy_of
+from plasticity_ray.analysis.adaptive import policy_of
+from plasticity_ray.decisions import GroupDecisions, act, measured
 from plasticity_ray.mitigations import hooks_for
 from plasticity_ray.probe.service import baseline_request, get_service, point_request
 from plasticity_ray.rundir import (COMPLETE_FILE, METRICS_FILE, PROBE_POINTS_FILE, SPEC_FILE, ProbePoint, job_key,

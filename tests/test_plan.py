@@ -127,8 +127,10 @@ def test_the_adaptive_protocol_is_priced_from_its_expected_runs_next_to_the_full
     assert f"a saving of {1 - result.gpu_hours / result.full_gpu_hours:.0%}" in text
     assert f"at most {expected['kept_peak']} kept probe points per run at once" in text
     # Onsets of one's own: a later onset trains longer.
+    from plasticity_ray.bench.adaptive import size_onsets
+
     (tmp_path / "onsets.csv").write_text("model,onset\n5M,300\n")
-    later = plan(spec, gpu="h100", mfu=0.5, onsets={"5M": 300}).trials[0]
+    later = plan(spec, gpu="h100", mfu=0.5, onsets=size_onsets(tmp_path / "onsets.csv")).trials[0]
     assert later.tasks > small.tasks
     bad = subprocess.run([sys.executable, "-m", "plasticity_ray.cli", "plan", "experiments/paper_continual_adaptive.yaml",
                           "--onsets", str(tmp_path / "missing.csv")], capture_output=True, text=True)
