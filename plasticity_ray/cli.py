@@ -335,7 +335,7 @@ def cmd_bench(args) -> int:
         from plasticity_ray.bench.train import bench_train
 
         record = bench_train(args.argv, args.sizes.split(","), args.seq_len, args.batch_tokens, args.tokenizer,
-                             args.steps, args.warmup, args.rounds)
+                             args.steps, args.warmup, args.rounds, args.mitigations)
     print(json.dumps(record, indent=2))
     if args.out:
         write_json_atomic(Path(args.out), record)
@@ -466,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
     bench_train.add_argument("--rounds", type=int, default=5,
                              help="alternating rounds of trainer and plain-reference steps (the ratio is their median)")
+    bench_train.add_argument("--mitigations", action="store_true",
+                             help="also time every mitigation and model option against none (first size)")
     bench_train.add_argument("--out", help="also write the record to this JSON file")
     check = bench_commands.add_parser(
         "device-check", help="on a GPU machine: bench train at 5M/106M/314M and the whole pipeline on the GPU")

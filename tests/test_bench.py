@@ -114,3 +114,15 @@ def test_the_committed_adaptive_record_is_what_the_code_computes():
                      policy["draws"], stream, record["probe_cost_tasks"],
                      Policy(CYCLES, policy["near_minimum_cycles"], policy["margin_cycles"], policy["level"], policy["draws"]))
     assert again == cell
+
+
+def test_every_mitigation_and_model_option_is_timed_against_the_step_with_none():
+    from plasticity_ray.bench.train import MITIGATION_VARIANTS, bench_spec, mitigation_costs
+    from plasticity_ray.spec.schema import MITIGATION_NAMES
+
+    costs = mitigation_costs(bench_spec("L1-d64", 32, 1024, "byte"), steps=1, warmup=1, threads=1, rounds=2,
+                             say=lambda line: None)
+    assert set(costs["variants"]) == set(MITIGATION_VARIANTS) == {*MITIGATION_NAMES, "fourier_features", "attention_sink"}
+    for name, cost in costs["variants"].items():
+        assert len(cost["vs_none_rounds"]) == 2 and cost["vs_none"] == pytest.approx(sum(cost["vs_none_rounds"]) / 2, abs=1e-3)
+        assert cost["seconds_per_step"] > 0 and cost["per_task_hooks_seconds"] >= 0, name

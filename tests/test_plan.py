@@ -51,6 +51,17 @@ def test_one_trial_by_hand():
     assert trial.probe_point_bytes == 5 * PARAMS * 4
 
 
+def test_fourier_features_are_priced_with_their_smaller_up_projection():
+    from plasticity_ray.model.gpt import GPT
+    from plasticity_ray.train.recipe import model_config
+
+    spec = tiny().model_copy(update={"model": tiny().model.model_copy(update={"activation": "fourier"})})
+    trial = plan(spec, gpu="a100", gpus=1, mfu=0.25).trials[0]
+    # L1-d64's up projection makes 128 pre-activations instead of 256: 64·128 + 128 fewer parameters.
+    assert trial.params == PARAMS - (64 * 128 + 128) == sum(p.numel() for p in GPT(model_config(spec)).parameters())
+    assert trial.flops_per_token == FLOPS_PER_TOKEN - 6 * (64 * 128 + 128)
+
+
 def test_sweep_wall_time_and_storage_by_hand():
     result = plan(tiny(grid={"seed": [0, 1, 2]}), gpu="h100", gpus=3, mfu=0.5)
     assert len(result.trials) == 3

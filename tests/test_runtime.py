@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, TEST_OVERRIDES
+from conftest import REPO
 
 # Ray's C++ log lines ("[2026-12-02 08:05:45,510 E 20900 20961] core_worker.cc:2465: ...") and its
 # Python notice that it turned token authentication on.
@@ -20,7 +20,7 @@ def test_a_trial_on_a_new_local_ray_prints_no_ray_internal_lines(demo_prepared, 
     """`plasticity-ray train` on the demo's recipe (one cycle of two languages, probed), in a process
     of its own that starts a local Ray as a user's does, with Ray's default token authentication."""
     spec = demo_spec.model_dump(mode="json", exclude={"sweep"})
-    spec["data"]["languages"] = TEST_OVERRIDES["data.languages"]  # the prepared data serves it
+    spec["data"]["languages"] = ["en", "ru"]  # the prepared data serves them (ru: the entropy language)
     spec["schedule"].update(cycles=1)
     spec["probe"]["extended"] = None
     path = tmp_path / "spec.yaml"

@@ -112,7 +112,7 @@ def mitigations_label(spec_json: dict) -> str:
     """A short name for a run's mitigations, e.g. "shrink_perturb(shrink=0.8,noise=0.01)"; "none"."""
     parts = []
     for m in spec_json.get("mitigations", []):
-        args = ",".join(f"{k}={v}" for k, v in m.items() if k != "name" and (k != "every" or m["name"] == "redo"))
+        args = ",".join(f"{k}={v}" for k, v in m.items() if k != "name" and (k, v) != ("every", "task"))
         parts.append(f"{m['name']}({args})" if args else m["name"])
     if spec_json.get("model", {}).get("attention_sink"):
         parts.append("attention_sink")

@@ -7,10 +7,14 @@ with the PaLM/nanoGPT count FLOPs/token = 6·(non-embedding params + vocabulary�
 inside a one-worker TorchTrainer, and the difference is Ray's overhead; and a plain PyTorch loop of
 the same shape (`bench.reference`) in the same process, timed in alternating rounds, and the
 ratio says what the trainer's own step gains or costs against what one would write by hand.
+With `--mitigations`, each mitigation (at its defaults) and model option is timed the same way in
+alternating rounds against the step with none, for the first size: its cost per step; the hooks
+that run once per task (Shrink and Perturb, the reset control) are timed per call.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import statistics
@@ -21,8 +25,12 @@ from pathlib import Path
 import torch
 
 from plasticity_ray.bench.reference import reference_step
-from plasticity_ray.spec import ExperimentSpec
+from plasticity_ray.mitigations import hooks_for
+from plasticity_ray.spec import ExperimentSpec, with_overrides
+from plasticity_ray.spec.protocol import task_info
+from plasticity_ray.spec.schema import MITIGATION_NAMES
 from plasticity_ray.train.device import DeviceOps
+from plasticity_ray.train.hooks import Gradients, StepEnd, TaskEnd, TaskStart
 from plasticity_ray.train.recipe import build, default_device, make_optimizer, model_config, train_step
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -40,13 +48,39 @@ def bench_spec(size: str, seq_len: int, batch_tokens: int, tokenizer: str) -> Ex
     )
 
 
+# Each mitigation at its defaults, and the model options, as spec overrides.
+MITIGATION_VARIANTS = {**{name: {"mitigations": [{"name": name}]} for name in MITIGATION_NAMES},
+                       "fourier_features": {"model.activation": "fourier"}, "attention_sink": {"model.attention_sink": True}}
+
+
 def trainer_step(spec: ExperimentSpec, device: torch.device):
-    """The trainer's own step on a synthetic batch (a closure), and its engine."""
-    engine = build(spec, device, rows=spec.global_sequences)
-    optimizer = make_optimizer(engine.model, spec, device)
+    """The trainer's own step on a synthetic batch, with the spec's mitigation hooks as the trainer
+    runs them (gradient hooks before the optimizer step, step hooks after), as a closure; its
+    engine; and a closure of the once-per-task hooks (task end, then the next task's start)."""
+    hooks = hooks_for(spec)
+    engine = build(spec, device, rows=spec.global_sequences, attach=[h for h in hooks.training() if hasattr(h, "attach")])
+    model = engine.model
+    optimizer = make_optimizer(model, spec, device)
     batch = torch.randint(0, engine.cfg.vocab_size - 1, (spec.global_sequences, spec.data.seq_len + 1), device=device)
     micro_batches = list(batch.split(engine.micro_batch))
-    return (lambda: train_step(engine.model, optimizer, micro_batches, spec.lr, None, engine.precision)[0]), engine
+    task, steps = task_info(spec, 1), itertools.count()
+
+    def step() -> torch.Tensor:
+        n = next(steps)
+        gradients = Gradients(model, task, n, n)
+        loss = train_step(model, optimizer, micro_batches, spec.lr, None, engine.precision,
+                          lambda: [hook(gradients) for hook in hooks.gradients])[0]
+        for hook in hooks.step_end:
+            hook(StepEnd(model, optimizer, task, n, n, batch))
+        return loss
+
+    def task_hooks() -> None:
+        for hook in hooks.task_end:
+            hook(TaskEnd(model, task, 0))
+        for hook in hooks.task_start:
+            hook(TaskStart(model, optimizer, task, 0))
+
+    return step, engine, task_hooks
 
 
 def timed(step, steps: int, ops: DeviceOps) -> float:
@@ -64,7 +98,7 @@ def measure(spec_json: dict, steps: int, warmup: int, threads: int) -> dict:
     with `threads` CPU threads (Ray gives a worker as many as it has CPUs: compare like with like)."""
     torch.set_num_threads(threads)
     spec = ExperimentSpec.model_validate(spec_json)
-    step, engine = trainer_step(spec, default_device())
+    step, engine, _ = trainer_step(spec, default_device())
     ops = engine.ops
     ops.reset_peak()
     for _ in range(warmup):
@@ -94,7 +128,7 @@ def against_reference(spec: ExperimentSpec, steps: int, warmup: int, threads: in
     ratio is the median of the rounds' paired ratios, with their spread."""
     torch.set_num_threads(threads)
     device = default_device()
-    step, engine = trainer_step(spec, device)
+    step, engine, _ = trainer_step(spec, device)
     ops, micro = engine.ops, engine.micro_batch
     size, cfg = spec.model.resolved, engine.cfg
     plain = None
@@ -124,6 +158,36 @@ def against_reference(spec: ExperimentSpec, steps: int, warmup: int, threads: in
             "trainer_vs_reference_rounds": [round(r, 3) for r in ratios]}
 
 
+def mitigation_costs(spec: ExperimentSpec, steps: int, warmup: int, threads: int, rounds: int, say=print) -> dict:
+    """Per variant of MITIGATION_VARIANTS: seconds per step against the step with no mitigation, in
+    alternating rounds of `steps` (the ratio is the median of the rounds' paired ratios), and the
+    seconds of one call of its once-per-task hooks (0 when it has none)."""
+    torch.set_num_threads(threads)
+    device = default_device()
+    none, engine, _ = trainer_step(spec, device)
+    for _ in range(warmup):
+        none()
+    costs, none_seconds = {}, []
+    for name, overrides in MITIGATION_VARIANTS.items():
+        variant, variant_engine, task_hooks = trainer_step(with_overrides(spec, overrides), device)
+        for _ in range(warmup):
+            variant()
+        paired = []
+        for _ in range(rounds):
+            paired.append((timed(none, steps, engine.ops), timed(variant, steps, variant_engine.ops)))
+        none_seconds += [n for n, _ in paired]
+        ratios = sorted(v / n for n, v in paired)
+        variant_engine.ops.synchronize()
+        started = time.perf_counter()
+        task_hooks()
+        variant_engine.ops.synchronize()
+        costs[name] = {"seconds_per_step": round(statistics.median(v for _, v in paired) / steps, 5),
+                       "vs_none": round(statistics.median(ratios), 3), "vs_none_rounds": [round(r, 3) for r in ratios],
+                       "per_task_hooks_seconds": round(time.perf_counter() - started, 5)}
+        say(f"  {name}: {costs[name]['vs_none']:.3f}× the step with none (rounds {costs[name]['vs_none_rounds']})")
+    return {"none_seconds_per_step": round(statistics.median(none_seconds) / steps, 5), "variants": costs}
+
+
 def _worker(config: dict) -> None:
     result = measure(config["spec"], config["steps"], config["warmup"], config["threads"])
     Path(config["out"]).write_text(json.dumps(result))
@@ -149,7 +213,7 @@ def measure_in_ray_train(spec: ExperimentSpec, steps: int, warmup: int, threads:
 
 
 def bench_train(command: list[str], sizes: list[str], seq_len: int, batch_tokens: int, tokenizer: str,
-                steps: int, warmup: int, rounds: int = 5, say=print) -> dict:
+                steps: int, warmup: int, rounds: int = 5, mitigations: bool = False, say=print) -> dict:
     from plasticity_ray.bench.record import header
     from plasticity_ray.runtime import init_ray
 
@@ -172,4 +236,8 @@ def bench_train(command: list[str], sizes: list[str], seq_len: int, batch_tokens
         say(f"{size}: {in_ray['tokens_per_s']:,} tokens/s in Ray Train ({overhead:+.1%} against the bare median)")
         record["sizes"][size] = {"tokens_per_s": in_ray["tokens_per_s"], **pair, "ray_train": in_ray,
                                  "ray_overhead": round(overhead, 4)}
+    if mitigations:
+        say(f"{sizes[0]}: each mitigation's step against the step with none, {rounds} alternating rounds of {steps} steps ...")
+        spec = bench_spec(sizes[0], seq_len, batch_tokens, tokenizer)
+        record["mitigations"] = {"size": sizes[0], **mitigation_costs(spec, steps, warmup, threads, rounds, say)}
     return record

@@ -41,8 +41,9 @@ def _batches(rows: torch.Tensor, micro_batch: int):
 @torch.no_grad()
 def activation_means(model: GPT, rows: torch.Tensor, micro_batch: int = 8,
                      precision=contextlib.nullcontext) -> list[torch.Tensor]:
-    """Eq. (3) per layer: h̄ = mean |GeLU output| of every MLP unit over sequences and positions."""
-    sums = [torch.zeros(block.mlp.fc.out_features, device=rows.device) for block in model.blocks]
+    """Eq. (3) per layer: h̄ = mean |activation| of every MLP unit (each GeLU output; each sine and cosine
+    of Fourier features) over sequences and positions."""
+    sums = [torch.zeros(block.mlp.proj.in_features, device=rows.device) for block in model.blocks]
     tokens = 0
 
     def accumulate(i):
@@ -71,7 +72,7 @@ def activation_dormancy(model: GPT, rows: torch.Tensor, threshold: float = 0.01,
 def gradient_dormancy(model: GPT, rows: torch.Tensor, threshold: float = 0.01, micro_batch: int = 8,
                       precision=contextlib.nullcontext) -> dict:
     """GraMa: the same score with |∂loss/∂h| in place of |h| (gradients of the next-token loss)."""
-    sums = [torch.zeros(block.mlp.fc.out_features, device=rows.device) for block in model.blocks]
+    sums = [torch.zeros(block.mlp.proj.in_features, device=rows.device) for block in model.blocks]
     tokens = 0
 
     def keep_grad(i):

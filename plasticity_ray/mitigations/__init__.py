@@ -4,21 +4,26 @@ Each module holds one: a small function of the hook event that changes the model
 state) in place. They run on every rank and do the same thing everywhere: decisions come from
 all-reduced statistics and random draws from generators seeded by the run's seed and the step or
 task, so DDP replicas stay identical and a resumed run repeats them exactly. A hook that keeps
-state (Continual Backprop's utilities) is an object with `attach(model)`, `state_dict()` and
-`load_state_dict(state, device)`; the trainer attaches it and keeps its state in every checkpoint.
+state (Continual Backprop's utilities, spectral regularization's singular vectors) is an object with
+`attach(model)`, `state_dict()` and `load_state_dict(state, device)`; the trainer attaches it and keeps
+its state in every checkpoint. Penalties on the loss (L2 Init, spectral regularization) are gradient
+hooks: they add their gradient to the step's averaged one before clipping.
 To add one: a typed section in `spec/schema.py` (added to the `Mitigation` union), a module here, and a
 line in `hooks_for`.
 """
 
 from __future__ import annotations
 
-from plasticity_ray.spec import ContinualBackprop, ExperimentSpec, ReDo, ShrinkPerturb, WeightClipping
+from plasticity_ray.spec import (ActiveForgetting, ContinualBackprop, ExperimentSpec, L2Init, ReDo, ResetControl,
+                                ShrinkPerturb, SpectralRegularization, WeightClipping)
 from plasticity_ray.train.hooks import Hooks
 
 
 def hooks_for(spec: ExperimentSpec) -> Hooks:
-    from plasticity_ray.mitigations import redo, shrink_perturb, weight_clipping
+    from plasticity_ray.mitigations import forgetting, redo, shrink_perturb, weight_clipping
     from plasticity_ray.mitigations.continual_backprop import ContinualBackpropHook
+    from plasticity_ray.mitigations.l2_init import L2InitHook
+    from plasticity_ray.mitigations.spectral import SpectralRegularizationHook
 
     hooks = Hooks()
     for mitigation in spec.mitigations:
@@ -30,4 +35,12 @@ def hooks_for(spec: ExperimentSpec) -> Hooks:
             hooks.step_end.append(redo.hook(mitigation, spec.seed))
         elif isinstance(mitigation, ContinualBackprop):
             hooks.step_end.append(ContinualBackpropHook(mitigation, spec.seed))
+        elif isinstance(mitigation, L2Init):
+            hooks.gradients.append(L2InitHook(mitigation))
+        elif isinstance(mitigation, SpectralRegularization):
+            hooks.gradients.append(SpectralRegularizationHook(mitigation, spec.seed))
+        elif isinstance(mitigation, ActiveForgetting):
+            hooks.step_end.append(forgetting.active_forgetting(mitigation, spec.seed))
+        elif isinstance(mitigation, ResetControl):
+            hooks.task_start.append(forgetting.reset_control(spec.seed))
     return hooks

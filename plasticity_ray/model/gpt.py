@@ -3,6 +3,7 @@
 Causal self-attention with learned absolute positions, LayerNorm before attention and MLP plus a
 final LayerNorm, MLP expansion 4 with GeLU, biases on every linear layer and LayerNorm, head
 dimension 64, and one token-embedding tensor shared by input and output. GPT-2 initialisation.
+Two options beyond the paper: an attention sink, and deep Fourier features in place of GeLU.
 
 Two attention paths: `scaled_dot_product_attention` (fast, used for training) and an explicit one
 that materialises the attention probabilities and hands them to an observer (diagnostics).
@@ -38,15 +39,17 @@ class GPTConfig:
     vocab_size: int
     context: int
     attention_sink: bool = False  # a learnable token before every sequence (Xiao et al. 2024)
+    activation: str = "gelu"  # the MLP's: "gelu" (the paper's) or "fourier" (FourierFeatures)
 
     @property
     def heads(self) -> int:
         return self.hidden // HEAD_DIM
 
     @classmethod
-    def from_size(cls, size: ModelSize, vocab_size: int, context: int, attention_sink: bool = False) -> "GPTConfig":
+    def from_size(cls, size: ModelSize, vocab_size: int, context: int, attention_sink: bool = False,
+                  activation: str = "gelu") -> "GPTConfig":
         return cls(layers=size.layers, hidden=size.hidden, vocab_size=vocab_size, context=context,
-                   attention_sink=attention_sink)
+                   attention_sink=attention_sink, activation=activation)
 
 
 def causal_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -76,12 +79,23 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
+class FourierFeatures(nn.Module):
+    """Deep Fourier features (Lewandowski, Schuurmans and Machado, "Plastic Learning with Deep
+    Fourier Features", ICLR 2025): each pre-activation z gives the pair [sin z, cos z]."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.sin(z), torch.cos(z)], dim=-1)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.hidden, 4 * cfg.hidden)
-        self.act = nn.GELU()  # a module, so diagnostics can hook the unit activations
-        self.proj = nn.Linear(4 * cfg.hidden, cfg.hidden)
+        width = 4 * cfg.hidden  # the activations the down projection reads
+        fourier = cfg.activation == "fourier"
+        # Fourier features at equal width: half as many pre-activations, each giving a sine and a cosine.
+        self.fc = nn.Linear(cfg.hidden, width // 2 if fourier else width)
+        self.act = FourierFeatures() if fourier else nn.GELU()  # a module, so diagnostics can hook the activations
+        self.proj = nn.Linear(width, cfg.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.act(self.fc(x)))

@@ -41,6 +41,12 @@ class ModelSize:
         per_block = 12 * d * d + 13 * d
         return self.layers * per_block + 2 * d
 
+    @property
+    def fourier_non_embedding_params(self) -> int:
+        """The same with deep Fourier features: the MLP's up projection makes 2d pre-activations
+        (2d^2 + 2d parameters) instead of 4d."""
+        return self.non_embedding_params - self.layers * (2 * self.hidden * self.hidden + 2 * self.hidden)
+
     def total_params(self, vocab_size: int = PAPER_VOCAB_SIZE, context: int = PAPER_CONTEXT) -> int:
         """Non-embedding parameters plus one tied token table and the position table."""
         return self.non_embedding_params + (vocab_size + context) * self.hidden
@@ -101,6 +107,7 @@ def size_table() -> list[dict]:
             "hidden": s.hidden,
             "heads": s.heads,
             "non_embedding_params": s.non_embedding_params,
+            "fourier_non_embedding_params": s.fourier_non_embedding_params,
             "total_params": s.total_params(),
             "lr": s.paper_lr,
         }
@@ -110,8 +117,11 @@ def size_table() -> list[dict]:
 
 def format_size_table() -> str:
     """Table I and the LR rule as `plasticity-ray sizes` prints them."""
-    lines = [f"{'name':>6} {'layers':>6} {'hidden':>6} {'heads':>5} {'non-embedding':>15} {'total':>13} {'lr':>9}"]
+    lines = [f"{'name':>6} {'layers':>6} {'hidden':>6} {'heads':>5} {'non-embedding':>15} {'total':>13} {'lr':>9} "
+             f"{'fourier non-emb.':>16}"]
     lines += [f"{r['name']:>6} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} "
-              f"{r['non_embedding_params']:>15,} {r['total_params']:>13,} {r['lr']:>9.3g}" for r in size_table()]
+              f"{r['non_embedding_params']:>15,} {r['total_params']:>13,} {r['lr']:>9.3g} "
+              f"{r['fourier_non_embedding_params']:>16,}" for r in size_table()]
     lines.append("total = non-embedding + tied token table (151,680 rows) + 2,048 positions; lr = 3e-3·(320/d)^0.79248")
+    lines.append("fourier non-emb. = non-embedding with model.activation: fourier (the MLP's up projection halved)")
     return "\n".join(lines)

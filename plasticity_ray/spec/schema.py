@@ -77,6 +77,9 @@ class ModelSpec(_Section):
     # A learnable attention-sink token (Xiao et al. 2024) prepended to every sequence, so heads have
     # somewhere to put attention they do not need (a remedy for lazy heads).
     attention_sink: bool = False
+    # The MLP's activation: GeLU (the paper's) or deep Fourier features (Lewandowski et al. 2025):
+    # [sin z, cos z] of half as many pre-activations, so the down projection reads as many as GeLU's.
+    activation: Literal["gelu", "fourier"] = "gelu"
 
     @property
     def resolved(self) -> ModelSize:
@@ -424,8 +427,46 @@ class ContinualBackprop(_Section):
     decay_rate: Annotated[float, Ge(0), Lt(1)] = 0.99
 
 
-Mitigation = Annotated[Union[WeightClipping, ShrinkPerturb, ReDo, ContinualBackprop], Field(discriminator="name")]
-MITIGATION_NAMES = ("weight_clipping", "shrink_perturb", "redo", "continual_backprop")
+class L2Init(_Section):
+    """Kumar, Marklund and Van Roy 2024 (regenerative regularization, "L2 Init"): the loss gets λ·‖θ − θ₀‖² over every
+    parameter, θ₀ the run's initial weights. The paper tunes λ per benchmark (10⁻²…10⁻⁵)."""
+
+    name: Literal["l2_init"]
+    strength: PositiveFloat = 1e-2
+
+
+class SpectralRegularization(_Section):
+    """Lewandowski et al. 2025: the loss gets λ·Σ_W (σ(W)^k − σ₀(W)^k)² over the blocks' weight
+    matrices, σ their largest singular value (power iteration, `power_iterations` per update, its
+    vectors kept in the checkpoint), σ₀ its value at initialisation."""
+
+    name: Literal["spectral_regularization"]
+    strength: PositiveFloat = 1e-4
+    exponent: PositiveInt = 2
+    power_iterations: PositiveInt = 1
+
+
+class ActiveForgetting(_Section):
+    """Chen et al. 2023: every `every` updates the token embeddings are re-drawn from their
+    initialisation and their optimizer state cleared. The embedding is also our output head (tied), so
+    the head is reset with it, as in the paper's RoBERTa."""
+
+    name: Literal["active_forgetting"]
+    every: PositiveInt = 1000
+
+
+class ResetControl(_Section):
+    """A negative control, not a mitigation: at the start of every task after the first the whole model is
+    re-initialised (a fresh draw seeded by the run's seed and the task) and its optimizer state
+    cleared. It cannot lose plasticity, so its verdict must read "not distinguishable from noise"."""
+
+    name: Literal["reset_control"]
+
+
+Mitigation = Annotated[Union[WeightClipping, ShrinkPerturb, ReDo, ContinualBackprop, L2Init, SpectralRegularization,
+                             ActiveForgetting, ResetControl], Field(discriminator="name")]
+MITIGATION_NAMES = ("weight_clipping", "shrink_perturb", "redo", "continual_backprop", "l2_init", "spectral_regularization",
+                    "active_forgetting", "reset_control")
 
 
 class ExperimentSpec(_Section):
@@ -494,6 +535,10 @@ class ExperimentSpec(_Section):
         elif extended and extended.cycles and extended.cycles[0] > self.schedule.cycles:
             problems.append(f"probe.extended.cycles: starts after the last cycle ({self.schedule.cycles})")
         problems += self._adaptive_problems()
+        unit_surgery = [m.name for m in self.mitigations if m.name in ("redo", "continual_backprop")]
+        if self.model.activation == "fourier" and unit_surgery:
+            problems.append(f"mitigations: {', '.join(unit_surgery)} re-initialise GeLU units; with model.activation: "
+                            "fourier each pre-activation feeds a sine and a cosine, which they do not handle")
         if self.probe.replicates > 1 and self.probe.same_data_order:
             problems.append(f"probe.replicates: {self.probe.replicates} replicates with probe.same_data_order would "
                             "all train on the same rows; replicates need their own draws (same_data_order: false)")

@@ -88,7 +88,10 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def model_signature(cfg: GPTConfig) -> dict:
-    return asdict(cfg)
+    signature = asdict(cfg)
+    if signature["activation"] == "gelu":  # the paper's MLP, as checkpoints from before the option say
+        del signature["activation"]
+    return signature
 
 
 def read_state(path: Path) -> dict:

@@ -1,8 +1,13 @@
-"""The trainer's extension points: every step, every task end, and probe points.
+"""The trainer's extension points: the gradients of every step, every step's end, every task's start
+and end, and probe points.
 
-Step and task-end hooks run on every rank (a mitigation that changes weights must do the same
-thing everywhere); task-end hooks run before the task-end checkpoint, so a resumed run never
-repeats or skips them. Probe-point hooks run on rank 0 after the probe-point checkpoint is written
+Gradient hooks run after the step's backward pass (DDP has averaged the gradients) and before
+clipping and the optimizer step: a penalty added to the loss adds its gradient there, the same on
+every rank. Step, task-start and task-end hooks run on every rank too (a mitigation that changes
+weights must do the same thing everywhere); task-start hooks run when a task starts from its first
+step (after a continual run's fresh optimizer), task-end hooks before the task-end checkpoint, so a
+resumed run never repeats or skips them. A hook with `attach(model)` is attached to the freshly
+initialised model before any checkpoint is loaded. Probe-point hooks run on rank 0 after the probe-point checkpoint is written
 and get its *path*, never a live model.
 """
 
@@ -28,6 +33,22 @@ class StepEnd:
 
 
 @dataclass(frozen=True)
+class Gradients:
+    model: torch.nn.Module  # unwrapped; its parameters' .grad hold the step's averaged gradients
+    task: Task
+    step: int
+    global_step: int
+
+
+@dataclass(frozen=True)
+class TaskStart:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    task: Task
+    global_step: int  # steps done so far in the run
+
+
+@dataclass(frozen=True)
 class TaskEnd:
     model: torch.nn.Module
     task: Task
@@ -40,4 +61,10 @@ class Hooks:
     # totals in every metrics row and in its checkpoints.
     step_end: list[Callable[[StepEnd], dict | None]] = field(default_factory=list)
     task_end: list[Callable[[TaskEnd], dict | None]] = field(default_factory=list)
+    gradients: list[Callable[[Gradients], None]] = field(default_factory=list)
+    task_start: list[Callable[[TaskStart], dict | None]] = field(default_factory=list)
+
+    def training(self) -> list:
+        """The hooks that act on training, in the order their checkpointed states are kept."""
+        return self.step_end + self.task_end + self.gradients + self.task_start
     probe_point: list[Callable[[ProbePoint], None]] = field(default_factory=list)

@@ -10,6 +10,7 @@ from the newest one at the exact (task, step).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import queue
@@ -33,7 +34,7 @@ from plasticity_ray.storage import read_text, write_json_atomic
 from plasticity_ray.train import checkpoint
 from plasticity_ray.train.alarms import AlarmBook, near_zero_fraction
 from plasticity_ray.spec.protocol import Task, is_deferred, is_probe_point, task_info
-from plasticity_ray.train.hooks import Hooks, StepEnd, TaskEnd
+from plasticity_ray.train.hooks import Gradients, Hooks, StepEnd, TaskEnd, TaskStart
 from plasticity_ray.train.metrics import RunLog
 from plasticity_ray.train.recipe import build, evaluate, make_optimizer, scheduled_lr, train_step
 
@@ -74,8 +75,9 @@ class Trainer:
         self.hooks = hooks
         self.prepared = load_prepared(spec, list(spec.data.languages))
         self.share = spec.global_sequences // world_size
-        self.stateful = [h for h in hooks.step_end + hooks.task_end if hasattr(h, "state_dict")]
-        engine = build(spec, device, rows=self.share, attach=self.stateful, gpu_share=spec.resources.gpus_per_worker)
+        self.stateful = [h for h in hooks.training() if hasattr(h, "state_dict")]
+        engine = build(spec, device, rows=self.share, attach=[h for h in hooks.training() if hasattr(h, "attach")],
+                       gpu_share=spec.resources.gpus_per_worker)
         self.model, self.cfg, self.precision, self.micro_batch = engine.model, engine.cfg, engine.precision, engine.micro_batch
         self.optimizer = make_optimizer(self.model, spec, device)
         self.position = checkpoint.Position(0, 0)
@@ -113,6 +115,9 @@ class Trainer:
                 break  # at a cycle's start: every cycle trained ends with its probe (a resumed task is finished)
             if start == 0 and spec.resets_optimizer:
                 self.optimizer = make_optimizer(self.model, spec, self.device)
+            if start == 0:
+                for hook in self.hooks.task_start:
+                    self._count(hook(TaskStart(self.model, self.optimizer, task, index * spec.steps_per_task)))
             batches, upcoming = upcoming, (self._stream(index + 1, 0) if index + 1 < spec.tasks else None)
             self._run_task(task, start, batches)
             self._end_task(task)
@@ -166,9 +171,10 @@ class Trainer:
         for step, ids in zip(range(start, steps), batches):
             rows = self.last_rows = torch.from_numpy(ids.astype(np.int64)).to(self.device, non_blocking=True)
             lr = scheduled_lr(spec, task.index, step)
-            loss, grad_norm = train_step(self.train_model, self.optimizer, list(rows.split(self.micro_batch)), lr,
-                                         spec.optimizer.grad_clip, self.precision)
             global_step = task.index * steps + step
+            penalties = functools.partial(self._penalties, Gradients(self.model, task, step, global_step))
+            loss, grad_norm = train_step(self.train_model, self.optimizer, list(rows.split(self.micro_batch)), lr,
+                                         spec.optimizer.grad_clip, self.precision, penalties)
             interval_loss += loss
             interval_steps += 1
             # A digest of exactly which tokens each step saw, to compare runs (e.g. across a resume).
@@ -187,6 +193,10 @@ class Trainer:
                 ray.train.report({k: v for k, v in self.last_row.items() if k != "language"})
             if (global_step + 1) % spec.train.checkpoint_every == 0 and done < steps:
                 self._checkpoint(global_step + 1, checkpoint.Position(task.index, done))
+
+    def _penalties(self, event: Gradients) -> None:
+        for hook in self.hooks.gradients:
+            hook(event)
 
     def _log_row(self, task: Task, done: int, global_step: int, lr: float, loss_sum: torch.Tensor, n: int,
                  grad_norm: torch.Tensor, digest: int, started: float) -> MetricRow:

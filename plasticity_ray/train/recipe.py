@@ -32,7 +32,8 @@ from plasticity_ray.train.device import DeviceOps, micro_batch as search_micro_b
 
 def model_config(spec: ExperimentSpec) -> GPTConfig:
     tokenizer = tokenizer_class(spec.data.tokenizer)
-    return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len, spec.model.attention_sink)
+    return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len, spec.model.attention_sink,
+                               spec.model.activation)
 
 
 def compile_blocks(model: GPT) -> None:
@@ -122,10 +123,12 @@ def train_step(
     lr: float,
     grad_clip: float | None,
     precision_context=contextlib.nullcontext,
+    after_backward: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over rows of token ids (inputs = row[:-1], targets = row[1:]), split
     into micro-batches. Returns the mean loss and the gradient norm before clipping (detached).
-    Under DDP, gradients are synchronised on the last micro-batch only."""
+    Under DDP, gradients are synchronised on the last micro-batch only. `after_backward` runs once
+    the gradients are complete, before clipping (penalties add their gradients there)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     n = len(micro_batches)
@@ -136,6 +139,8 @@ def train_step(
             loss = model(rows[:, :-1], targets=rows[:, 1:]) / n
         loss.backward()
         total += loss.detach()
+    if after_backward is not None:
+        after_backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
     optimizer.step()

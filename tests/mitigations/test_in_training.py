@@ -1,5 +1,6 @@
 """Mitigations inside real training: 2 CPU workers (DDP over gloo) on a local Ray, with a crash and
-restart in the middle. Both runs are shared by the tests."""
+restart in the middle. Two groups of mitigations, each trained straight and crashed; the runs are
+shared by the tests."""
 
 import json
 
@@ -19,11 +20,23 @@ MITIGATIONS = [
     {"name": "redo", "every": 3, "threshold": 0.5},  # a generous threshold: some units are recycled
     {"name": "continual_backprop", "replacement_rate": 0.01, "maturity_threshold": 4},  # state in checkpoints
 ]
+# The penalties (gradient hooks; spectral regularization's vectors in checkpoints) and resets (an
+# embedding reset every 3 updates, between checkpoints of every 4; the reset control at every task
+# start, before and after the crash), on the Fourier-feature model.
+PENALTIES_AND_RESETS = [
+    {"name": "l2_init", "strength": 0.01},
+    {"name": "spectral_regularization", "strength": 0.01},
+    {"name": "active_forgetting", "every": 3},
+    {"name": "reset_control"},
+]
+GROUPS = {"classic": {"mitigations": MITIGATIONS},
+          "penalties_and_resets": {"mitigations": PENALTIES_AND_RESETS, "model.activation": "fourier"}}
 
 
 def _spec(demo_spec, storage, **overrides):
     base = {
-        "storage_path": str(storage), "model.size": "L1-d64", "schedule.cycles": 1, "schedule.tokens_per_task": 16384,
+        "storage_path": str(storage), "model.size": "L1-d64", "data.languages": ["en", "zh", "es", "ru"],
+        "schedule.cycles": 1, "schedule.tokens_per_task": 16384,
         "batch.global_tokens": 2048, "resources.workers": 2, "train.log_every": 2, "train.checkpoint_every": 4,
         "probe.enabled": False, "mitigations": MITIGATIONS,
     }
@@ -31,10 +44,24 @@ def _spec(demo_spec, storage, **overrides):
 
 
 @pytest.fixture(scope="module")
-def runs(demo_prepared, demo_spec, tmp_path_factory):
-    straight = _spec(demo_spec, tmp_path_factory.mktemp("straight"))
-    crashed = _spec(demo_spec, tmp_path_factory.mktemp("crashed"), **{"debug.fail_at_step": 21})
-    return [(spec, run_training(spec, say=lambda line: None)) for spec in (straight, crashed)]
+def trained(demo_prepared, demo_spec, tmp_path_factory):
+    """Per group: the straight run and the crashed one, as (spec, summary) pairs."""
+    out = {}
+    for group, overrides in GROUPS.items():
+        straight = _spec(demo_spec, tmp_path_factory.mktemp("straight"), **overrides)
+        crashed = _spec(demo_spec, tmp_path_factory.mktemp("crashed"), **overrides, **{"debug.fail_at_step": 21})
+        out[group] = [(spec, run_training(spec, say=lambda line: None)) for spec in (straight, crashed)]
+    return out
+
+
+@pytest.fixture
+def runs(trained):
+    return trained["classic"]
+
+
+@pytest.fixture(params=list(GROUPS))
+def each_group(trained, request):
+    return trained[request.param]
 
 
 def _final(spec):
@@ -53,21 +80,30 @@ def test_mitigations_acted(runs):
     assert fc.abs().max() <= 3 * 0.02 * 0.8 + 0.01 * 0.02 * 8
 
 
-def test_ddp_replicas_stay_identical_through_resets(runs):
-    for spec, _ in runs:
+def test_the_penalties_and_resets_acted_on_the_fourier_model(trained):
+    (spec, summary), _ = trained["penalties_and_resets"]
+    assert summary.complete
+    assert _final(spec)["blocks.0.mlp.fc.weight"].shape == (128, 64)  # Fourier features: 2d pre-activations
+    last = read_rows(run_dir(spec) / "metrics.jsonl")[-1]
+    assert last["embeddings_reset"] == spec.tasks * spec.steps_per_task // 3
+    assert last["model_resets"] == spec.tasks - 1
+
+
+def test_ddp_replicas_stay_identical_through_resets(each_group):
+    for spec, _ in each_group:
         digests = json.loads((run_dir(spec) / COMPLETE_FILE).read_text())["replica_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
 
 
-def test_a_crash_and_resume_ends_bitwise_equal_to_the_uninterrupted_run(runs):
-    (straight, _), (crashed, summary) = runs
+def test_a_crash_and_resume_ends_bitwise_equal_to_the_uninterrupted_run(each_group):
+    (straight, _), (crashed, summary) = each_group
     assert summary.complete and (run_dir(crashed) / ".debug_failed_at_21").exists()
     a, b = _final(straight), _final(crashed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows_a = read_rows(run_dir(straight) / "metrics.jsonl")
     rows_b = read_rows(run_dir(crashed) / "metrics.jsonl")
-    assert rows_a[-1]["redo_recycled"] == rows_b[-1]["redo_recycled"]
-    assert rows_a[-1]["cbp_replaced"] == rows_b[-1]["cbp_replaced"]
+    assert [(r["global_step"], r["loss"]) for r in rows_a] == [(r["global_step"], r["loss"]) for r in rows_b]
+    assert rows_a[-1] == {**rows_b[-1], "time": rows_a[-1]["time"], "tokens_per_s": rows_a[-1]["tokens_per_s"]}
 
 
 def test_alarm_signals_are_measured_every_task_and_repeat_exactly_after_a_resume(runs):

@@ -32,7 +32,10 @@ TABLE_II_LR_E3 = {"5M": 3.00, "12M": 2.30, "27M": 1.88, "39M": 1.73, "53M": 1.61
 def _check_rows(rows):
     assert [r["name"] for r in rows] == [t[0] for t in TABLE_I]
     for row, (name, layers, hidden, heads, non_emb, total) in zip(rows, TABLE_I):
-        assert set(row) == {"name", "layers", "hidden", "heads", "non_embedding_params", "total_params", "lr"}
+        assert set(row) == {"name", "layers", "hidden", "heads", "non_embedding_params", "fourier_non_embedding_params",
+                            "total_params", "lr"}
+        # Fourier features: each block's up projection d → 2d instead of d → 4d (weights and biases).
+        assert row["fourier_non_embedding_params"] == non_emb - layers * (2 * hidden * hidden + 2 * hidden)
         assert (row["layers"], row["hidden"], row["heads"]) == (layers, hidden, heads)
         assert row["non_embedding_params"] == non_emb
         assert row["total_params"] == total
