@@ -126,3 +126,13 @@ def test_every_mitigation_and_model_option_is_timed_against_the_step_with_none()
     for name, cost in costs["variants"].items():
         assert len(cost["vs_none_rounds"]) == 2 and cost["vs_none"] == pytest.approx(sum(cost["vs_none_rounds"]) / 2, abs=1e-3)
         assert cost["seconds_per_step"] > 0 and cost["per_task_hooks_seconds"] >= 0, name
+
+
+def test_the_readme_quotes_the_committed_mitigation_costs():
+    from plasticity_ray.bench.train import MITIGATION_VARIANTS, format_mitigation_costs
+
+    record = json.loads((REPO / "results" / "bench" / "train_mitigations_cpu.json").read_text())
+    assert set(record["mitigations"]["variants"]) == set(MITIGATION_VARIANTS) and len(record["commit"]) == 40
+    readme = (REPO / "README.md").read_text()
+    assert format_mitigation_costs(record) in readme
+    assert record["command"].split(" --out ")[0] in readme.replace("\n", " ")  # the command that made it

@@ -188,6 +188,17 @@ def mitigation_costs(spec: ExperimentSpec, steps: int, warmup: int, threads: int
     return {"none_seconds_per_step": round(statistics.median(none_seconds) / steps, 5), "variants": costs}
 
 
+def format_mitigation_costs(record: dict) -> str:
+    """The `--mitigations` part of a record as the README quotes it: one line per variant."""
+    costs = record["mitigations"]
+    lines = [f"{'variant':<24} {'× none':>7} {'rounds (min–max)':>17} {'per-task hooks':>15}"]
+    for name, cost in costs["variants"].items():
+        rounds = cost["vs_none_rounds"]
+        lines.append(f"{name:<24} {cost['vs_none']:>7.3f} {f'{min(rounds):.2f}–{max(rounds):.2f}':>17} "
+                     f"{cost['per_task_hooks_seconds'] * 1000:>12.1f} ms")
+    return "\n".join(lines)
+
+
 def _worker(config: dict) -> None:
     result = measure(config["spec"], config["steps"], config["warmup"], config["threads"])
     Path(config["out"]).write_text(json.dumps(result))
