@@ -116,6 +116,8 @@ def mitigations_label(spec_json: dict) -> str:
         parts.append(f"{m['name']}({args})" if args else m["name"])
     if spec_json.get("model", {}).get("attention_sink"):
         parts.append("attention_sink")
+    if spec_json.get("model", {}).get("activation", "gelu") != "gelu":
+        parts.append(f"{spec_json['model']['activation']}_features")
     return "+".join(parts) or "none"
 
 

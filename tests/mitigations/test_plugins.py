@@ -167,6 +167,9 @@ def test_labels_name_what_a_run_changes():
     assert label({"mitigations": []}) == "none"
     assert label({"mitigations": [{"name": "shrink_perturb", "every": "task", "shrink": 0.8, "noise": 0.01}],
                   "model": {"attention_sink": True}}) == "shrink_perturb(shrink=0.8,noise=0.01)+attention_sink"
+    assert label({"mitigations": [{"name": "active_forgetting", "every": 1000}], "model": {"activation": "fourier"}}) == (
+        "active_forgetting(every=1000)+fourier_features")
+    assert label({"mitigations": [{"name": "reset_control"}], "model": {"activation": "gelu"}}) == "reset_control"
 
 
 @pytest.mark.parametrize("entry, message", [
