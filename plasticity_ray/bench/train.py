@@ -58,7 +58,7 @@ def trainer_step(spec: ExperimentSpec, device: torch.device):
     runs them (gradient hooks before the optimizer step, step hooks after), as a closure; its
     engine; and a closure of the once-per-task hooks (task end, then the next task's start)."""
     hooks = hooks_for(spec)
-    engine = build(spec, device, rows=spec.global_sequences, attach=[h for h in hooks.training() if hasattr(h, "attach")])
+    engine = build(spec, device, rows=spec.global_sequences, attach=hooks.attachable())
     model = engine.model
     optimizer = make_optimizer(model, spec, device)
     batch = torch.randint(0, engine.cfg.vocab_size - 1, (spec.global_sequences, spec.data.seq_len + 1), device=device)
@@ -67,9 +67,8 @@ def trainer_step(spec: ExperimentSpec, device: torch.device):
 
     def step() -> torch.Tensor:
         n = next(steps)
-        gradients = Gradients(model, task, n, n)
         loss = train_step(model, optimizer, micro_batches, spec.lr, None, engine.precision,
-                          lambda: [hook(gradients) for hook in hooks.gradients])[0]
+                          hooks.penalties(Gradients(model, task, n, n)))[0]
         for hook in hooks.step_end:
             hook(StepEnd(model, optimizer, task, n, n, batch))
         return loss

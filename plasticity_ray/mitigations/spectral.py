@@ -36,7 +36,7 @@ class SpectralRegularizationHook:
         self.spec, self.seed = spec, seed
         self.u: dict[str, torch.Tensor] = {}
         self.v: dict[str, torch.Tensor] = {}
-        self.initial: dict[str, float] = {}  # σ₀
+        self.initial: dict[str, float] = {}  # σ₀, from the initial weights at every attach (not checkpointed)
 
     def attach(self, model) -> None:
         device = next(model.parameters()).device
@@ -57,10 +57,8 @@ class SpectralRegularizationHook:
                 weight.grad.add_((scale * torch.outer(u, v)).to(weight.grad.dtype))
 
     def state_dict(self) -> dict:
-        return {"u": {n: t.tolist() for n, t in self.u.items()}, "v": {n: t.tolist() for n, t in self.v.items()},
-                "initial": self.initial}
+        return {"u": {n: t.tolist() for n, t in self.u.items()}, "v": {n: t.tolist() for n, t in self.v.items()}}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.u = {n: torch.tensor(x, dtype=torch.float32, device=device) for n, x in state["u"].items()}
         self.v = {n: torch.tensor(x, dtype=torch.float32, device=device) for n, x in state["v"].items()}
-        self.initial = dict(state["initial"])

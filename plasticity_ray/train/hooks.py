@@ -67,4 +67,20 @@ class Hooks:
     def training(self) -> list:
         """The hooks that act on training, in the order their checkpointed states are kept."""
         return self.step_end + self.task_end + self.gradients + self.task_start
+
+    def attachable(self) -> list:
+        """The training hooks that watch the model (`attach(model)`), for `recipe.build`."""
+        return [hook for hook in self.training() if hasattr(hook, "attach")]
+
+    def penalties(self, event: Gradients) -> Callable[[], None] | None:
+        """What `train_step` runs once the step's gradients are complete: every gradient hook on
+        `event` (None when there is none)."""
+        if not self.gradients:
+            return None
+
+        def run() -> None:
+            for hook in self.gradients:
+                hook(event)
+
+        return run
     probe_point: list[Callable[[ProbePoint], None]] = field(default_factory=list)

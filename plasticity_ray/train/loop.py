@@ -10,7 +10,6 @@ from the newest one at the exact (task, step).
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import queue
@@ -76,8 +75,7 @@ class Trainer:
         self.prepared = load_prepared(spec, list(spec.data.languages))
         self.share = spec.global_sequences // world_size
         self.stateful = [h for h in hooks.training() if hasattr(h, "state_dict")]
-        engine = build(spec, device, rows=self.share, attach=[h for h in hooks.training() if hasattr(h, "attach")],
-                       gpu_share=spec.resources.gpus_per_worker)
+        engine = build(spec, device, rows=self.share, attach=hooks.attachable(), gpu_share=spec.resources.gpus_per_worker)
         self.model, self.cfg, self.precision, self.micro_batch = engine.model, engine.cfg, engine.precision, engine.micro_batch
         self.optimizer = make_optimizer(self.model, spec, device)
         self.position = checkpoint.Position(0, 0)
@@ -172,9 +170,9 @@ class Trainer:
             rows = self.last_rows = torch.from_numpy(ids.astype(np.int64)).to(self.device, non_blocking=True)
             lr = scheduled_lr(spec, task.index, step)
             global_step = task.index * steps + step
-            penalties = functools.partial(self._penalties, Gradients(self.model, task, step, global_step))
             loss, grad_norm = train_step(self.train_model, self.optimizer, list(rows.split(self.micro_batch)), lr,
-                                         spec.optimizer.grad_clip, self.precision, penalties)
+                                         spec.optimizer.grad_clip, self.precision,
+                                         self.hooks.penalties(Gradients(self.model, task, step, global_step)))
             interval_loss += loss
             interval_steps += 1
             # A digest of exactly which tokens each step saw, to compare runs (e.g. across a resume).
@@ -193,10 +191,6 @@ class Trainer:
                 ray.train.report({k: v for k, v in self.last_row.items() if k != "language"})
             if (global_step + 1) % spec.train.checkpoint_every == 0 and done < steps:
                 self._checkpoint(global_step + 1, checkpoint.Position(task.index, done))
-
-    def _penalties(self, event: Gradients) -> None:
-        for hook in self.hooks.gradients:
-            hook(event)
 
     def _log_row(self, task: Task, done: int, global_step: int, lr: float, loss_sum: torch.Tensor, n: int,
                  grad_norm: torch.Tensor, digest: int, started: float) -> MetricRow:
