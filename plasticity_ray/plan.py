@@ -142,7 +142,8 @@ def trial_plan(spec: ExperimentSpec, label: str, gpu: str, mfu: float | None = N
     seq_len, batch = spec.data.seq_len, spec.batch.global_tokens
     # Fourier features: a smaller up projection (the Table I count less `fewer` parameters and their FLOPs).
     fewer = size.non_embedding_params - size.fourier_non_embedding_params if spec.model.activation == "fourier" else 0
-    params = size.total_params(vocab, seq_len) - fewer + (size.hidden if spec.model.attention_sink else 0)
+    norms = size.activation_norm_params(spec.model.activation == "fourier") if spec.model.normalize_activations else 0
+    params = size.total_params(vocab, seq_len) - fewer + norms + (size.hidden if spec.model.attention_sink else 0)
     per_token = size.flops_per_token(vocab, seq_len) - 6 * fewer
     tasks = expected["tasks"] if expected else spec.tasks
     train_tokens = round(tasks * spec.steps_per_task * batch)

@@ -62,6 +62,21 @@ def test_fourier_features_are_priced_with_their_smaller_up_projection():
     assert trial.flops_per_token == FLOPS_PER_TOKEN - 6 * (64 * 128 + 128)
 
 
+def test_normalized_activations_are_priced_with_their_layer_norms():
+    from plasticity_ray.model.gpt import GPT
+    from plasticity_ray.train.recipe import model_config
+
+    for activation, pre_activations in (("gelu", 256), ("fourier", 128)):
+        model = tiny().model.model_copy(update={"normalize_activations": True, "activation": activation})
+        spec = tiny().model_copy(update={"model": model})
+        trial = plan(spec, gpu="a100", gpus=1, mfu=0.25).trials[0]
+        # L1-d64: a gain and a bias for each MLP pre-activation, for the 64 dims of queries and of keys.
+        added = 2 * pre_activations + 2 * 2 * 64
+        assert trial.params - added == sum(p.numel() for p in GPT(model_config(
+            spec.model_copy(update={"model": model.model_copy(update={"normalize_activations": False})}))).parameters())
+        assert trial.params == sum(p.numel() for p in GPT(model_config(spec)).parameters())
+
+
 def test_sweep_wall_time_and_storage_by_hand():
     result = plan(tiny(grid={"seed": [0, 1, 2]}), gpu="h100", gpus=3, mfu=0.5)
     assert len(result.trials) == 3

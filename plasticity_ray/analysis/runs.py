@@ -118,6 +118,8 @@ def mitigations_label(spec_json: dict) -> str:
         parts.append("attention_sink")
     if spec_json.get("model", {}).get("activation", "gelu") != "gelu":
         parts.append(f"{spec_json['model']['activation']}_features")
+    if spec_json.get("model", {}).get("normalize_activations"):
+        parts.append("normalized_activations")
     return "+".join(parts) or "none"
 
 

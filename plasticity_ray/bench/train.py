@@ -49,7 +49,10 @@ def bench_spec(size: str, seq_len: int, batch_tokens: int, tokenizer: str) -> Ex
 
 
 # Each mitigation at its defaults, and the model options, as spec overrides.
+# Normalize-and-project needs its normalizations.
 MITIGATION_VARIANTS = {**{name: {"mitigations": [{"name": name}]} for name in MITIGATION_NAMES},
+                       "normalize_and_project": {"model.normalize_activations": True,
+                                                 "mitigations": [{"name": "normalize_and_project"}]},
                        "fourier_features": {"model.activation": "fourier"}, "attention_sink": {"model.attention_sink": True}}
 
 
@@ -68,7 +71,7 @@ def trainer_step(spec: ExperimentSpec, device: torch.device):
     def step() -> torch.Tensor:
         n = next(steps)
         loss = train_step(model, optimizer, micro_batches, spec.lr, None, engine.precision,
-                          hooks.penalties(Gradients(model, task, n, n)))[0]
+                          hooks.penalties(Gradients(model, task, n, n, micro_batches, engine.precision)))[0]
         for hook in hooks.step_end:
             hook(StepEnd(model, optimizer, task, n, n, batch))
         return loss

@@ -3,7 +3,8 @@
 Causal self-attention with learned absolute positions, LayerNorm before attention and MLP plus a
 final LayerNorm, MLP expansion 4 with GeLU, biases on every linear layer and LayerNorm, head
 dimension 64, and one token-embedding tensor shared by input and output. GPT-2 initialisation.
-Two options beyond the paper: an attention sink, and deep Fourier features in place of GeLU.
+Three options beyond the paper: an attention sink, deep Fourier features in place of GeLU, and a
+LayerNorm before each nonlinearity (Normalize-and-Project's "normalize").
 
 Two attention paths: `scaled_dot_product_attention` (fast, used for training) and an explicit one
 that materialises the attention probabilities and hands them to an observer (diagnostics).
@@ -40,6 +41,9 @@ class GPTConfig:
     context: int
     attention_sink: bool = False  # a learnable token before every sequence (Xiao et al. 2024)
     activation: str = "gelu"  # the MLP's: "gelu" (the paper's) or "fourier" (FourierFeatures)
+    # A LayerNorm on the MLP's pre-activations and on each head's queries and keys (before the softmax):
+    # the layers feeding them become scale-invariant, which Normalize-and-Project's projection needs.
+    normalize_activations: bool = False
 
     @property
     def heads(self) -> int:
@@ -47,9 +51,9 @@ class GPTConfig:
 
     @classmethod
     def from_size(cls, size: ModelSize, vocab_size: int, context: int, attention_sink: bool = False,
-                  activation: str = "gelu") -> "GPTConfig":
+                  activation: str = "gelu", normalize_activations: bool = False) -> "GPTConfig":
         return cls(layers=size.layers, hidden=size.hidden, vocab_size=vocab_size, context=context,
-                   attention_sink=attention_sink, activation=activation)
+                   attention_sink=attention_sink, activation=activation, normalize_activations=normalize_activations)
 
 
 def causal_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -66,10 +70,14 @@ class CausalSelfAttention(nn.Module):
         self.heads = cfg.heads
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+        self.ln_q = nn.LayerNorm(HEAD_DIM) if cfg.normalize_activations else None
+        self.ln_k = nn.LayerNorm(HEAD_DIM) if cfg.normalize_activations else None
 
     def forward(self, x: torch.Tensor, observe: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = (z.view(b, t, self.heads, HEAD_DIM).transpose(1, 2) for z in self.qkv(x).split(c, dim=2))
+        if self.ln_q is not None:
+            q, k = self.ln_q(q), self.ln_k(k)
         if observe is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -94,11 +102,13 @@ class MLP(nn.Module):
         fourier = cfg.activation == "fourier"
         # Fourier features at equal width: half as many pre-activations, each giving a sine and a cosine.
         self.fc = nn.Linear(cfg.hidden, width // 2 if fourier else width)
+        self.ln_pre = nn.LayerNorm(self.fc.out_features) if cfg.normalize_activations else None
         self.act = FourierFeatures() if fourier else nn.GELU()  # a module, so diagnostics can hook the activations
         self.proj = nn.Linear(width, cfg.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.act(self.fc(x)))
+        z = self.fc(x)
+        return self.proj(self.act(z if self.ln_pre is None else self.ln_pre(z)))
 
 
 class Block(nn.Module):
@@ -192,6 +202,44 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return F.cross_entropy(F.linear(flat_hidden, weight).float(), targets.reshape(-1))
     chunk = max(1, LOSS_CHUNK_LOGITS // weight.size(0))
     return _ChunkedLinearCrossEntropy.apply(flat_hidden, weight, targets.reshape(-1), chunk)
+
+
+def linear_logit_mse(hidden: torch.Tensor, weight: torch.Tensor, other_hidden: torch.Tensor,
+                     other_weight: torch.Tensor) -> torch.Tensor:
+    """mean((hidden @ weightᵀ − other_hidden @ other_weightᵀ)²) over every token and vocabulary entry,
+    differentiable in `hidden` and `weight` only, without ever holding more than one chunk of logits."""
+    flat_hidden = hidden.reshape(-1, hidden.size(-1))
+    flat_other = other_hidden.reshape(-1, other_hidden.size(-1)).detach()
+    if flat_hidden.size(0) * weight.size(0) <= PLAIN_HEAD_LOGITS:
+        return F.mse_loss(F.linear(flat_hidden, weight).float(), F.linear(flat_other, other_weight.detach()).float())
+    chunk = max(1, LOSS_CHUNK_LOGITS // weight.size(0))
+    return _ChunkedLogitMSE.apply(flat_hidden, weight, flat_other, other_weight.detach(), chunk)
+
+
+class _ChunkedLogitMSE(torch.autograd.Function):
+    """`linear_logit_mse` chunk by chunk, its gradients computed in the same pass (as the loss head)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, other_hidden, other_weight, chunk):
+        n = hidden.size(0) * weight.size(0)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), chunk):
+            h = hidden[start : start + chunk]
+            diff = (h @ weight.t()).float() - (other_hidden[start : start + chunk] @ other_weight.t()).float()
+            total += diff.pow(2).sum()
+            dlogits = (diff * (2.0 / n)).to(h.dtype)
+            grad_hidden[start : start + chunk] = dlogits @ weight
+            grad_weight += (dlogits.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):

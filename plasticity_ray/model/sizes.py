@@ -47,6 +47,12 @@ class ModelSize:
         (2d^2 + 2d parameters) instead of 4d."""
         return self.non_embedding_params - self.layers * (2 * self.hidden * self.hidden + 2 * self.hidden)
 
+    def activation_norm_params(self, fourier: bool = False) -> int:
+        """What `model.normalize_activations` adds: per block a LayerNorm (gain and bias) on the MLP's
+        pre-activations (4d of them, 2d with Fourier features) and one each on queries and keys (64 wide)."""
+        pre_activations = 2 * self.hidden if fourier else 4 * self.hidden
+        return self.layers * (2 * pre_activations + 4 * HEAD_DIM)
+
     def total_params(self, vocab_size: int = PAPER_VOCAB_SIZE, context: int = PAPER_CONTEXT) -> int:
         """Non-embedding parameters plus one tied token table and the position table."""
         return self.non_embedding_params + (vocab_size + context) * self.hidden

@@ -8,14 +8,14 @@ overrides and expands a sweep into its points. The names below are the package's
 from plasticity_ray.spec.load import grid_points, load_spec, point_labels, with_overrides
 from plasticity_ray.spec.problems import SpecError
 from plasticity_ray.spec.schema import (
-    ALL_LANGUAGES, PAPER_LANGUAGE_ORDER, ActiveForgetting, AlarmSpec, BuiltinSource, ContinualBackprop, DataSpec,
-    ExperimentSpec, FilesSource, HFSource, L2Init, ReDo, ResetControl, ShrinkPerturb, SpectralRegularization,
-    WeightClipping, parse_count, run_identity,
+    ALL_LANGUAGES, PAPER_LANGUAGE_ORDER, ActiveForgetting, AlarmSpec, BuiltinSource, ChurnReduction, ContinualBackprop,
+    DataSpec, ExperimentSpec, FilesSource, HFSource, L2Init, NormalizeAndProject, ReDo, ResetControl, ShrinkPerturb,
+    SpectralRegularization, WeightClipping, parse_count, run_identity,
 )
 
 __all__ = [
-    "ALL_LANGUAGES", "PAPER_LANGUAGE_ORDER", "ActiveForgetting", "AlarmSpec", "BuiltinSource", "ContinualBackprop",
-    "DataSpec", "ExperimentSpec", "FilesSource", "HFSource", "L2Init", "ReDo", "ResetControl", "ShrinkPerturb",
-    "SpecError", "SpectralRegularization", "WeightClipping",
+    "ALL_LANGUAGES", "PAPER_LANGUAGE_ORDER", "ActiveForgetting", "AlarmSpec", "BuiltinSource", "ChurnReduction",
+    "ContinualBackprop", "DataSpec", "ExperimentSpec", "FilesSource", "HFSource", "L2Init", "NormalizeAndProject", "ReDo",
+    "ResetControl", "ShrinkPerturb", "SpecError", "SpectralRegularization", "WeightClipping",
     "grid_points", "load_spec", "parse_count", "point_labels", "run_identity", "with_overrides",
 ]

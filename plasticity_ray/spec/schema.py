@@ -80,6 +80,10 @@ class ModelSpec(_Section):
     # The MLP's activation: GeLU (the paper's) or deep Fourier features (Lewandowski et al. 2025):
     # [sin z, cos z] of half as many pre-activations, so the down projection reads as many as GeLU's.
     activation: Literal["gelu", "fourier"] = "gelu"
+    # A LayerNorm before each nonlinearity: on the MLP's pre-activations and on each head's queries and
+    # keys (the softmax's inputs). Normalize-and-Project (Lyle et al. 2024) inserts them; its projection
+    # (`mitigations: [{name: normalize_and_project}]`) then holds the norms of the layers feeding them.
+    normalize_activations: bool = False
 
     @property
     def resolved(self) -> ModelSize:
@@ -463,10 +467,38 @@ class ResetControl(_Section):
     name: Literal["reset_control"]
 
 
+class NormalizeAndProject(_Section):
+    """Lyle et al. 2024 (NeurIPS): after every update, each layer that feeds a normalization (the MLP's
+    up projection; the query and the key projections) is scaled back to the norm it was initialised
+    with, weights and bias together: θ_l ← ‖θ_l,0‖·θ_l/‖θ_l‖. Needs `model.normalize_activations`,
+    which inserts those normalizations; the layers are then scale-invariant, so the projection leaves
+    the function unchanged and holds their effective learning rate at the schedule's."""
+
+    name: Literal["normalize_and_project"]
+
+
+class ChurnReduction(_Section):
+    """C-CHAIN (Tang, Berseth et al., ICML 2025, "Mitigating Plasticity Loss in Continual Reinforcement
+    Learning by Reducing Churn"): the loss gets λ·mean((f_θ(x) − f_θ₋(x))²) over the logits of a
+    reference batch x outside the step's batch (the previous step's rows), θ₋ the weights before the
+    previous update. λ starts at `initial_strength` and, after `warmup_steps` updates of a task, is set
+    every update so the penalty stays `relative_scale` of the loss: λ = c·mean|L|/mean L_churn over the
+    last `window` updates (all reset at every task, as the authors' code does per task). The defaults
+    are the authors' DeepMind Control settings (0.05, 100, 50, 100), their iterations read as our
+    updates; their code uses 0.01 on MinAtar and 10⁴ on ProcGen."""
+
+    name: Literal["c_chain"]
+    relative_scale: PositiveFloat = 0.05
+    initial_strength: PositiveFloat = 100.0
+    warmup_steps: PositiveInt = 50
+    window: PositiveInt = 100
+
+
 Mitigation = Annotated[Union[WeightClipping, ShrinkPerturb, ReDo, ContinualBackprop, L2Init, SpectralRegularization,
-                             ActiveForgetting, ResetControl], Field(discriminator="name")]
+                             ActiveForgetting, ResetControl, NormalizeAndProject, ChurnReduction],
+                       Field(discriminator="name")]
 MITIGATION_NAMES = ("weight_clipping", "shrink_perturb", "redo", "continual_backprop", "l2_init", "spectral_regularization",
-                    "active_forgetting", "reset_control")
+                    "active_forgetting", "reset_control", "normalize_and_project", "c_chain")
 
 
 class ExperimentSpec(_Section):
@@ -539,6 +571,9 @@ class ExperimentSpec(_Section):
         if self.model.activation == "fourier" and unit_surgery:
             problems.append(f"mitigations: {', '.join(unit_surgery)} re-initialise GeLU units; with model.activation: "
                             "fourier each pre-activation feeds a sine and a cosine, which they do not handle")
+        if any(m.name == "normalize_and_project" for m in self.mitigations) and not self.model.normalize_activations:
+            problems.append("mitigations: normalize_and_project projects the layers that feed a normalization; set "
+                            "model.normalize_activations: true (it inserts them, as Lyle et al. do)")
         if self.probe.replicates > 1 and self.probe.same_data_order:
             problems.append(f"probe.replicates: {self.probe.replicates} replicates with probe.same_data_order would "
                             "all train on the same rows; replicates need their own draws (same_data_order: false)")

@@ -1,6 +1,6 @@
 """Checkpoints: model, optimizer, position in the schedule and RNG state, written atomically.
 
-    <run_dir>/checkpoints/step-000001234/{model.pt, optimizer.pt, state.json}
+    <run_dir>/checkpoints/step-000001234/{model.pt, optimizer.pt, state.json[, hooks.pt]}
     <run_dir>/probe_points/task-00007/{model.pt, state.json}
 
 On a file system a checkpoint directory is written under a temporary name and renamed when
@@ -39,21 +39,21 @@ class Position:
     step: int
 
 
-def _write_dir(final: Path, model_state: dict, optimizer_state: dict | None, state: dict) -> Path:
+def _write_dir(final: Path, payloads: dict[str, object], state: dict) -> Path:
     if is_local(final):
-        return _write_dir_once(final, model_state, optimizer_state, state)
+        return _write_dir_once(final, payloads, state)
     # Object storage that stops answering mid-checkpoint: written again from the start (its
     # state.json, written last, is what makes it a checkpoint).
-    return patiently(lambda: _write_dir_once(final, model_state, optimizer_state, state), final)
+    return patiently(lambda: _write_dir_once(final, payloads, state), final)
 
 
-def _write_dir_once(final: Path, model_state: dict, optimizer_state: dict | None, state: dict) -> Path:
+def _write_dir_once(final: Path, payloads: dict[str, object], state: dict) -> Path:
     local = is_local(final)
     target = final.with_name(f".{final.name}.tmp") if local else final
     remove_tree(target)  # a leftover of a run that crashed while writing it
     if local:
         target.mkdir(parents=True)
-    for name, payload in (("model.pt", model_state), ("optimizer.pt", optimizer_state)):
+    for name, payload in payloads.items():
         if payload is not None:
             with (target / name).open("wb") as f:
                 torch.save(payload, f)
@@ -64,16 +64,19 @@ def _write_dir_once(final: Path, model_state: dict, optimizer_state: dict | None
     return final
 
 
-def save(run_dir: Path, global_step: int, model_state: dict, optimizer_state: dict, state: dict, keep: int) -> Path:
+def save(run_dir: Path, global_step: int, model_state: dict, optimizer_state: dict, state: dict, keep: int,
+         hook_tensors: list[dict] | None = None) -> Path:
+    """`hook_tensors`: the tensors of the hooks that keep some (`tensors()`), in their order, as hooks.pt."""
     root = run_dir / "checkpoints"
-    path = _write_dir(root / f"step-{global_step:09d}", model_state, optimizer_state, state)
+    payloads = {"model.pt": model_state, "optimizer.pt": optimizer_state, "hooks.pt": hook_tensors}
+    path = _write_dir(root / f"step-{global_step:09d}", payloads, state)
     for old in checkpoints(run_dir)[:-keep]:
         remove_tree(old)
     return path
 
 
 def save_probe_point(run_dir: Path, task: int, model_state: dict, state: dict) -> Path:
-    return _write_dir(run_dir / "probe_points" / f"task-{task:05d}", model_state, None, state)
+    return _write_dir(run_dir / "probe_points" / f"task-{task:05d}", {"model.pt": model_state}, state)
 
 
 def release(path: Path) -> None:
@@ -89,8 +92,11 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def model_signature(cfg: GPTConfig) -> dict:
     signature = asdict(cfg)
-    if signature["activation"] == "gelu":  # the paper's MLP, as checkpoints from before the option say
+    # The paper's model, as checkpoints from before these options say.
+    if signature["activation"] == "gelu":
         del signature["activation"]
+    if not signature["normalize_activations"]:
+        del signature["normalize_activations"]
     return signature
 
 
@@ -153,6 +159,11 @@ def load(path: Path, model: torch.nn.Module, cfg: GPTConfig, optimizer: torch.op
         except (ValueError, KeyError) as err:
             raise CheckpointError(f"{path / 'optimizer.pt'}: does not fit the optimizer ({err})") from None
     return state
+
+
+def load_hook_tensors(path: Path, device: torch.device) -> list[dict]:
+    """The hooks' tensors saved with the checkpoint at `path` (see `save`)."""
+    return _torch_load(path / "hooks.pt", device)
 
 
 def checkpoint_spec(spec: ExperimentSpec, path: Path) -> ExperimentSpec:

@@ -3,7 +3,7 @@ and end, and probe points.
 
 Gradient hooks run after the step's backward pass (DDP has averaged the gradients) and before
 clipping and the optimizer step: a penalty added to the loss adds its gradient there, the same on
-every rank. Step, task-start and task-end hooks run on every rank too (a mitigation that changes
+every rank (one computed from this rank's rows averages its gradient over the ranks itself). Step, task-start and task-end hooks run on every rank too (a mitigation that changes
 weights must do the same thing everywhere); task-start hooks run when a task starts from its first
 step (after a continual run's fresh optimizer), task-end hooks before the task-end checkpoint, so a
 resumed run never repeats or skips them. A hook with `attach(model)` is attached to the freshly
@@ -13,8 +13,9 @@ and get its *path*, never a live model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+import contextlib
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 import torch
 
@@ -38,6 +39,9 @@ class Gradients:
     task: Task
     step: int
     global_step: int
+    micro_batches: Sequence[torch.Tensor] = ()  # this rank's token rows of the step, as trained
+    precision: Callable = contextlib.nullcontext  # the training forward's precision context
+    loss: torch.Tensor | None = None  # this rank's mean loss of the step (set once it is known)
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,15 @@ class Hooks:
         """The training hooks that watch the model (`attach(model)`), for `recipe.build`."""
         return [hook for hook in self.training() if hasattr(hook, "attach")]
 
-    def penalties(self, event: Gradients) -> Callable[[], None] | None:
-        """What `train_step` runs once the step's gradients are complete: every gradient hook on
-        `event` (None when there is none)."""
+    def penalties(self, event: Gradients) -> Callable[[torch.Tensor], None] | None:
+        """What `train_step` runs once the step's gradients are complete, given the step's loss: every
+        gradient hook on `event` (None when there is none)."""
         if not self.gradients:
             return None
 
-        def run() -> None:
+        def run(loss: torch.Tensor) -> None:
             for hook in self.gradients:
-                hook(event)
+                hook(replace(event, loss=loss))
 
         return run
     probe_point: list[Callable[[ProbePoint], None]] = field(default_factory=list)

@@ -75,6 +75,7 @@ class Trainer:
         self.prepared = load_prepared(spec, list(spec.data.languages))
         self.share = spec.global_sequences // world_size
         self.stateful = [h for h in hooks.training() if hasattr(h, "state_dict")]
+        self.with_tensors = [h for h in self.stateful if hasattr(h, "tensors")]
         engine = build(spec, device, rows=self.share, attach=hooks.attachable(), gpu_share=spec.resources.gpus_per_worker)
         self.model, self.cfg, self.precision, self.micro_batch = engine.model, engine.cfg, engine.precision, engine.micro_batch
         self.optimizer = make_optimizer(self.model, spec, device)
@@ -87,6 +88,9 @@ class Trainer:
             self.counters = dict(state.get("counters", {}))
             for hook, hook_state in zip(self.stateful, state.get("hooks", [])):
                 hook.load_state_dict(hook_state, device)
+            if self.with_tensors:
+                for hook, tensors in zip(self.with_tensors, checkpoint.load_hook_tensors(latest[-1], device)):
+                    hook.load_tensors(tensors)
             torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
         self.train_model: torch.nn.Module = self.model
         if world_size > 1:
@@ -170,9 +174,10 @@ class Trainer:
             rows = self.last_rows = torch.from_numpy(ids.astype(np.int64)).to(self.device, non_blocking=True)
             lr = scheduled_lr(spec, task.index, step)
             global_step = task.index * steps + step
-            loss, grad_norm = train_step(self.train_model, self.optimizer, list(rows.split(self.micro_batch)), lr,
-                                         spec.optimizer.grad_clip, self.precision,
-                                         self.hooks.penalties(Gradients(self.model, task, step, global_step)))
+            micro_batches = list(rows.split(self.micro_batch))
+            penalties = self.hooks.penalties(Gradients(self.model, task, step, global_step, micro_batches, self.precision))
+            loss, grad_norm = train_step(self.train_model, self.optimizer, micro_batches, lr, spec.optimizer.grad_clip,
+                                         self.precision, penalties)
             interval_loss += loss
             interval_steps += 1
             # A digest of exactly which tokens each step saw, to compare runs (e.g. across a resume).
@@ -264,9 +269,10 @@ class Trainer:
             self.counters[key] = self.counters.get(key, 0) + value
 
     def _checkpoint(self, global_step: int, position: checkpoint.Position) -> None:
+        tensors = [h.tensors() for h in self.with_tensors] or None  # on every rank: a hook may gather its ranks'
         if self.rank == 0:
             checkpoint.save(self.run_dir, global_step, self.model.state_dict(), self.optimizer.state_dict(),
-                            self._state(position), keep=self.spec.train.keep_checkpoints)
+                            self._state(position), keep=self.spec.train.keep_checkpoints, hook_tensors=tensors)
 
     def _maybe_fail(self, global_step: int) -> None:
         """debug.fail_at_step: the last rank crashes once at that step, to exercise restarts."""

@@ -33,7 +33,7 @@ from plasticity_ray.train.device import DeviceOps, micro_batch as search_micro_b
 def model_config(spec: ExperimentSpec) -> GPTConfig:
     tokenizer = tokenizer_class(spec.data.tokenizer)
     return GPTConfig.from_size(spec.model.resolved, tokenizer.vocab_size, spec.data.seq_len, spec.model.attention_sink,
-                               spec.model.activation)
+                               spec.model.activation, spec.model.normalize_activations)
 
 
 def compile_blocks(model: GPT) -> None:
@@ -123,12 +123,12 @@ def train_step(
     lr: float,
     grad_clip: float | None,
     precision_context=contextlib.nullcontext,
-    after_backward: Callable[[], None] | None = None,
+    after_backward: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over rows of token ids (inputs = row[:-1], targets = row[1:]), split
     into micro-batches. Returns the mean loss and the gradient norm before clipping (detached).
     Under DDP, gradients are synchronised on the last micro-batch only. `after_backward` runs once
-    the gradients are complete, before clipping (penalties add their gradients there)."""
+    the gradients are complete, before clipping, with the mean loss (penalties add their gradients there)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     n = len(micro_batches)
@@ -140,7 +140,7 @@ def train_step(
         loss.backward()
         total += loss.detach()
     if after_backward is not None:
-        after_backward()
+        after_backward(total)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
     optimizer.step()

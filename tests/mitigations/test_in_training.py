@@ -20,17 +20,21 @@ MITIGATIONS = [
     {"name": "redo", "every": 3, "threshold": 0.5},  # a generous threshold: some units are recycled
     {"name": "continual_backprop", "replacement_rate": 0.01, "maturity_threshold": 4},  # state in checkpoints
 ]
-# The penalties (gradient hooks; spectral regularization's vectors in checkpoints) and resets (an
+# The penalties (gradient hooks; spectral regularization's vectors in checkpoints, C-CHAIN's previous
+# weights and batch in hooks.pt, its λ rule past its warm-up), the projection and the resets (an
 # embedding reset every 3 updates, between checkpoints of every 4; the reset control at every task
-# start, before and after the crash), on the Fourier-feature model.
+# start, before and after the crash), on the Fourier-feature model with normalized activations.
 PENALTIES_AND_RESETS = [
     {"name": "l2_init", "strength": 0.01},
     {"name": "spectral_regularization", "strength": 0.01},
+    {"name": "c_chain", "warmup_steps": 3, "window": 4},
+    {"name": "normalize_and_project"},
     {"name": "active_forgetting", "every": 3},
     {"name": "reset_control"},
 ]
 GROUPS = {"classic": {"mitigations": MITIGATIONS},
-          "penalties_and_resets": {"mitigations": PENALTIES_AND_RESETS, "model.activation": "fourier"}}
+          "penalties_and_resets": {"mitigations": PENALTIES_AND_RESETS, "model.activation": "fourier",
+                                   "model.normalize_activations": True}}
 
 
 def _spec(demo_spec, storage, **overrides):
@@ -80,13 +84,27 @@ def test_mitigations_acted(runs):
     assert fc.abs().max() <= 3 * 0.02 * 0.8 + 0.01 * 0.02 * 8
 
 
-def test_the_penalties_and_resets_acted_on_the_fourier_model(trained):
+def test_the_penalties_projection_and_resets_acted_on_the_fourier_model(trained):
+    from plasticity_ray.model.gpt import GPT
+    from plasticity_ray.train.recipe import model_config
+
     (spec, summary), _ = trained["penalties_and_resets"]
     assert summary.complete
-    assert _final(spec)["blocks.0.mlp.fc.weight"].shape == (128, 64)  # Fourier features: 2d pre-activations
+    final = _final(spec)
+    assert final["blocks.0.mlp.fc.weight"].shape == (128, 64)  # Fourier features: 2d pre-activations
     last = read_rows(run_dir(spec) / "metrics.jsonl")[-1]
     assert last["embeddings_reset"] == spec.tasks * spec.steps_per_task // 3
     assert last["model_resets"] == spec.tasks - 1
+    torch.manual_seed(spec.seed)  # the model as the run initialised it
+    initial = GPT(model_config(spec)).state_dict()
+    for name in ("weight", "bias"):  # normalized activations; the MLP's up projection back at its initial norm
+        assert f"blocks.0.mlp.ln_pre.{name}" in final and f"blocks.0.attn.ln_q.{name}" in final
+    norm = lambda w: torch.cat([w["blocks.0.mlp.fc.weight"].flatten(), w["blocks.0.mlp.fc.bias"]]).norm()  # noqa: E731
+    assert torch.allclose(norm(final), norm(initial), rtol=1e-5)
+    tensors = checkpoint.load_hook_tensors(checkpoint.checkpoints(run_dir(spec))[-1], torch.device("cpu"))
+    (churn,) = tensors  # C-CHAIN's θ₋ (the weights before the last update) and the last batch
+    assert churn["reference"].shape == (spec.global_sequences, spec.data.seq_len + 1)  # both ranks' rows
+    assert not torch.equal(churn["previous.wpe.weight"], final["wpe.weight"])
 
 
 def test_ddp_replicas_stay_identical_through_resets(each_group):

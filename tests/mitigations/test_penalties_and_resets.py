@@ -2,6 +2,8 @@
 a tiny real GPT: the expected gradients come from autograd on the penalty as the paper writes it,
 not from the code under test."""
 
+import json
+
 import pytest
 import torch
 
@@ -17,8 +19,9 @@ def _model():
     return GPT(GPTConfig(layers=2, hidden=64, vocab_size=320, context=32))
 
 
-def _hooks(*mitigations):
-    spec = with_overrides(load_spec("experiments/demo.yaml"), {"mitigations": list(mitigations), "seed": 3})
+def _hooks(*mitigations, **model):
+    overrides = {"mitigations": list(mitigations), "seed": 3, **{f"model.{k}": v for k, v in model.items()}}
+    spec = with_overrides(load_spec("experiments/demo.yaml"), overrides)
     return spec, hooks_for(spec)
 
 
@@ -161,3 +164,164 @@ def test_fourier_features_refuse_the_mitigations_that_reinitialise_gelu_units():
 
     with pytest.raises(SpecError, match="mitigations: redo re-initialise GeLU units"):
         with_overrides(load_spec("experiments/demo.yaml"), {"model.activation": "fourier", "mitigations": [{"name": "redo"}]})
+
+
+def _normalized_model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(layers=2, hidden=64, vocab_size=320, context=32, normalize_activations=True))
+
+
+def test_normalized_activations_put_a_layer_norm_before_gelu_and_before_the_softmax():
+    import math
+
+    import torch.nn.functional as F
+
+    model = _normalized_model()
+    with torch.no_grad():  # gains and offsets away from 1 and 0, so each would show if it were skipped
+        for name, p in model.named_parameters():
+            if ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    block, x = model.blocks[0], torch.randn(2, 5, 64)
+
+    def layer_norm(z, ln):  # by hand: standardise over the last dim, then gain and offset
+        return (z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + ln.eps) * ln.weight + ln.bias
+
+    mlp = block.mlp
+    expected = F.gelu(layer_norm(x @ mlp.fc.weight.t() + mlp.fc.bias, mlp.ln_pre)) @ mlp.proj.weight.t() + mlp.proj.bias
+    assert torch.allclose(mlp(x), expected, atol=1e-5)
+    attn = block.attn
+    q, k, v = (x @ attn.qkv.weight.t() + attn.qkv.bias).split(64, dim=-1)  # one head of 64
+    q, k = layer_norm(q, attn.ln_q), layer_norm(k, attn.ln_k)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(64)
+    scores = scores.masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    expected = scores.softmax(-1) @ v @ attn.proj.weight.t() + attn.proj.bias
+    assert torch.allclose(attn(x), expected, atol=1e-5)
+
+
+def test_normalize_and_project_returns_each_normalized_layer_to_its_initial_norm_without_changing_the_function():
+    _, hooks = _hooks({"name": "normalize_and_project"}, normalize_activations=True)
+    (project,) = hooks.step_end
+    model = _normalized_model()
+    d = 64
+
+    def layers(m):  # the layers that feed a normalization, weight rows and bias together
+        out = []
+        for b in m.blocks:
+            out.append(torch.cat([b.mlp.fc.weight.flatten(), b.mlp.fc.bias]))
+            for rows in (slice(0, d), slice(d, 2 * d)):
+                out.append(torch.cat([b.attn.qkv.weight[rows].flatten(), b.attn.qkv.bias[rows]]))
+        return [t.detach().clone() for t in out]
+
+    initial_norms = [t.norm() for t in layers(model)]
+    project.attach(model)
+    _trained(model, steps=5)
+    with torch.no_grad():  # grow one layer well beyond its initial norm
+        model.blocks[1].mlp.fc.weight.mul_(4.0)
+        model.blocks[1].mlp.fc.bias.mul_(4.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    unprojected = layers(model)
+    rows = torch.randint(0, 320, (2, 17), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits_before = model(rows)
+    project(StepEnd(model, None, None, 0, 0, rows))
+    after = layers(model)
+    for moved, projected, radius in zip(unprojected, after, initial_norms):
+        assert torch.allclose(projected.norm(), radius, rtol=1e-5)
+        assert torch.allclose(projected, moved * (radius / moved.norm()), rtol=1e-5, atol=1e-8)
+    assert unprojected[3].norm() > 3 * initial_norms[3]  # block 1's MLP up projection was far off
+    for name, p in model.named_parameters():  # everything else is untouched
+        if not (name.endswith(("mlp.fc.weight", "mlp.fc.bias")) or ".qkv." in name):
+            assert torch.equal(p, before[name]), name
+    assert torch.equal(model.blocks[0].attn.qkv.weight[2 * d:], before["blocks.0.attn.qkv.weight"][2 * d:])  # values
+    with torch.no_grad():  # scale-invariant layers: the same function (up to LayerNorm's epsilon)
+        assert torch.allclose(model(rows), logits_before, atol=1e-3)
+
+
+def test_normalize_and_project_needs_the_normalizations():
+    from plasticity_ray.spec import SpecError
+
+    with pytest.raises(SpecError, match="set model.normalize_activations: true"):
+        with_overrides(load_spec("experiments/demo.yaml"), {"mitigations": [{"name": "normalize_and_project"}]})
+
+
+def test_the_chunked_logit_mse_equals_the_plain_one_in_value_and_gradients(monkeypatch):
+    import torch.nn.functional as F
+
+    from plasticity_ray.model import gpt
+
+    g = torch.Generator().manual_seed(2)
+    hidden, weight = torch.randn(6, 5, 8, generator=g, requires_grad=True), torch.randn(40, 8, generator=g, requires_grad=True)
+    other_hidden, other_weight = torch.randn(6, 5, 8, generator=g), torch.randn(40, 8, generator=g)
+    plain = F.mse_loss(hidden @ weight.t(), other_hidden @ other_weight.t())
+    expected = torch.autograd.grad(plain, [hidden, weight])
+    monkeypatch.setattr(gpt, "PLAIN_HEAD_LOGITS", 0)
+    monkeypatch.setattr(gpt, "LOSS_CHUNK_LOGITS", 7 * 40)  # chunks of 7 of the 30 tokens
+    chunked = gpt.linear_logit_mse(hidden, weight, other_hidden, other_weight)
+    assert torch.allclose(chunked, plain, rtol=1e-6)
+    for got, want in zip(torch.autograd.grad(chunked, [hidden, weight]), expected):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def _churn_steps(hook, model, batches, losses):
+    """The hook at successive updates: each batch trained by a real AdamW step after the hook saw it;
+    returns, per update, the gradient the hook added and the weights it saw."""
+    import copy
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    task = task_info(load_spec("experiments/demo.yaml"), 0)
+    added, seen = [], []
+    for step, (rows, loss) in enumerate(zip(batches, losses)):
+        _zero_grads(model)
+        seen.append(copy.deepcopy(model))
+        hook(Gradients(model, task, step, step, [rows], loss=torch.tensor(loss)))
+        added.append([p.grad.clone() for p in model.parameters()])
+        model(rows[:, :-1], targets=rows[:, 1:]).backward()
+        optimizer.step()
+    return added, seen
+
+
+def test_c_chain_adds_the_gradient_of_its_churn_penalty_and_sets_lambda_by_the_authors_rule():
+    _, hooks = _hooks({"name": "c_chain", "relative_scale": 0.05, "initial_strength": 100.0, "warmup_steps": 2,
+                       "window": 2})
+    (penalty,) = hooks.gradients
+    model = _model()
+    penalty.attach(model)
+    g = torch.Generator().manual_seed(4)
+    batches = [torch.randint(0, 320, (3, 17), generator=g) for _ in range(3)]
+    added, seen = _churn_steps(penalty, model, batches, losses=[5.0, 4.0, 3.0])
+
+    def churn(now, before, rows):  # mean over every token and vocabulary entry of the squared logit change
+        return ((now(rows[:, :-1]) - before(rows[:, :-1]).detach()) ** 2).mean()
+
+    assert all(g.abs().sum() == 0 for g in added[0])  # the task's first update has no update before it
+    # Update 2: λ = 100, the previous batch, the weights before update 1.
+    expected = torch.autograd.grad(100.0 * churn(seen[1], seen[0], batches[0]), list(seen[1].parameters()))
+    assert all(torch.allclose(a, e, rtol=1e-4, atol=1e-6) for a, e in zip(added[1], expected))
+    assert expected[0].abs().sum() > 0
+    # After 2 updates λ = 0.05 · mean(|5|, |4|) / (the churn at update 2).
+    lam = 0.05 * 4.5 / churn(seen[1], seen[0], batches[0]).item()
+    expected = torch.autograd.grad(lam * churn(seen[2], seen[1], batches[1]), list(seen[2].parameters()))
+    assert all(torch.allclose(a, e, rtol=1e-4, atol=1e-6) for a, e in zip(added[2], expected))
+
+
+def test_c_chain_resumes_from_its_checkpointed_state_and_tensors():
+    from plasticity_ray.mitigations.churn import ChurnReductionHook
+    from plasticity_ray.spec import ChurnReduction
+
+    spec = ChurnReduction(name="c_chain", warmup_steps=2, window=2)
+    g = torch.Generator().manual_seed(6)
+    batches = [torch.randint(0, 320, (3, 17), generator=g) for _ in range(4)]
+    straight, resumed = ChurnReductionHook(spec), ChurnReductionHook(spec)
+    model = _model()
+    straight.attach(model)
+    _churn_steps(straight, model, batches[:3], losses=[5.0, 4.0, 3.0])
+    state, tensors = json.loads(json.dumps(straight.state_dict())), straight.tensors()
+    assert tensors["reference"].shape == (3, 17) and "previous.wte.weight" in tensors
+    resumed.attach(_model())
+    resumed.load_state_dict(state, torch.device("cpu"))
+    resumed.load_tensors(tensors)
+    twin = _model()
+    twin.load_state_dict(model.state_dict())
+    (a,), _ = _churn_steps(straight, model, batches[3:], losses=[2.0])
+    (b,), _ = _churn_steps(resumed, twin, batches[3:], losses=[2.0])
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and any(x.abs().sum() > 0 for x in a)

@@ -170,6 +170,8 @@ def test_labels_name_what_a_run_changes():
     assert label({"mitigations": [{"name": "active_forgetting", "every": 1000}], "model": {"activation": "fourier"}}) == (
         "active_forgetting(every=1000)+fourier_features")
     assert label({"mitigations": [{"name": "reset_control"}], "model": {"activation": "gelu"}}) == "reset_control"
+    assert label({"mitigations": [{"name": "normalize_and_project"}], "model": {"normalize_activations": True}}) == (
+        "normalize_and_project+normalized_activations")
 
 
 @pytest.mark.parametrize("entry, message", [
