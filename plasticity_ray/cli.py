@@ -320,6 +320,14 @@ def cmd_bench(args) -> int:
                                   say=lambda line: print(line, file=sys.stderr))
         record = {**started, **study, "summary": summary(study)}
         print(format_summary(record), file=sys.stderr)
+    elif args.bench_command == "comparison":
+        from plasticity_ray.bench.comparison import bench_comparison, format_comparison
+
+        record = bench_comparison(args.argv, Path(args.spec), Path(args.out), args.storage,
+                                  say=lambda line: print(line, file=sys.stderr))
+        print(format_comparison(record))
+        print(f"{record['trials']} trials in {record['wall_s']:.0f} s; record and analysis in {args.out}")
+        return 0
     elif args.bench_command == "adaptive":
         from plasticity_ray.bench.adaptive import adaptive_study, format_summary, summary
         from plasticity_ray.bench.record import header
@@ -483,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("--grid-groups", type=_positive_int, default=400,
                              help="groups per cell of the interval's robustness grid (default 400)")
     _simulation_arguments(calibration)
+    comparison = bench_commands.add_parser(
+        "comparison", help="a spec's whole sweep (e.g. the mitigation comparison) run from nothing, timed and analysed")
+    comparison.add_argument("spec", help="experiment spec (its leading comment states how it was sized)")
+    comparison.add_argument("--out", required=True, help="directory for record.json and the analysis it quotes")
+    comparison.add_argument("--storage", help="where the runs go (default: the spec's storage_path)")
     adaptive = bench_commands.add_parser(
         "adaptive", help="the adaptive protocol (probes near the minimum, confirmed-onset stops) against the "
                          "paper's, on simulated groups")

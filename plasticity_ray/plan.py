@@ -161,7 +161,10 @@ def trial_plan(spec: ExperimentSpec, label: str, gpu: str, mfu: float | None = N
     diagnostics_tokens = points * sequences * seq_len  # at every probe point, not the baseline
     chosen = _mfu(gpu, spec.model.size, mfu, bench_dir)
     gpu_hour_flops = PEAK_BF16_FLOPS[gpu] * chosen.value * 3600
-    train_flops = per_token * (train_tokens + train_eval_tokens / 3)
+    # C-CHAIN's penalty: a forward of the weights one update back and a forward and backward on the
+    # reference batch (the previous one, as large): 1/3 + 1 more training step per step.
+    churn = 1 + 4 / 3 if any(m.name == "c_chain" for m in spec.mitigations) else 1
+    train_flops = per_token * (churn * train_tokens + train_eval_tokens / 3)
     side_flops = per_token * (probe_tokens + (probe_eval_tokens + diagnostics_tokens) / 3)
     return TrialPlan(
         label=label, size=spec.model.size, params=params, flops_per_token=per_token, train_tokens=train_tokens,
@@ -169,7 +172,8 @@ def trial_plan(spec: ExperimentSpec, label: str, gpu: str, mfu: float | None = N
         diagnostics_tokens=diagnostics_tokens, flops=train_flops + side_flops, mfu=chosen.value,
         mfu_source=chosen.source, train_gpu_hours=train_flops / gpu_hour_flops,
         probe_gpu_hours=side_flops / gpu_hour_flops,
-        checkpoint_bytes=spec.train.keep_checkpoints * params * (MODEL_BYTES_PER_PARAM + OPTIMIZER_BYTES_PER_PARAM),
+        checkpoint_bytes=spec.train.keep_checkpoints * params * (MODEL_BYTES_PER_PARAM * (2 if churn > 1 else 1)
+                                                                 + OPTIMIZER_BYTES_PER_PARAM),
         probe_point_bytes=(expected["kept_peak"] if expected else points) * params * MODEL_BYTES_PER_PARAM
         if spec.probe.enabled else 0,
         tasks=tasks, kept_peak=expected["kept_peak"] if expected else None,

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from plasticity_ray.plan import format_plan, plan, summary_line
-from plasticity_ray.spec import ExperimentSpec, load_spec
+from plasticity_ray.spec import ChurnReduction, ExperimentSpec, load_spec
 
 # L1-d64: non-embedding 1·(12·64² + 13·64) + 2·64 = 50,112; byte vocabulary 320; seq_len 16.
 FLOPS_PER_TOKEN = 6 * (50_112 + 320 * 64) + 12 * 1 * 64 * 16  # 435,840
@@ -75,6 +75,16 @@ def test_normalized_activations_are_priced_with_their_layer_norms():
         assert trial.params - added == sum(p.numel() for p in GPT(model_config(
             spec.model_copy(update={"model": model.model_copy(update={"normalize_activations": False})}))).parameters())
         assert trial.params == sum(p.numel() for p in GPT(model_config(spec)).parameters())
+
+
+def test_c_chain_is_priced_with_its_penalty_passes_and_checkpointed_previous_weights():
+    spec = tiny().model_copy(update={"mitigations": [ChurnReduction(name="c_chain")]})
+    plain, churn = plan(tiny(), gpu="a100", gpus=1, mfu=0.25).trials[0], plan(spec, gpu="a100", gpus=1, mfu=0.25).trials[0]
+    # Per step: the step itself, a forward of the weights one update back (1/3) and a forward and
+    # backward on the previous batch (1): 4/3 more per training token; evaluations and probes unchanged.
+    assert churn.flops - plain.flops == pytest.approx(4 / 3 * FLOPS_PER_TOKEN * plain.train_tokens)
+    assert churn.probe_gpu_hours == plain.probe_gpu_hours
+    assert churn.checkpoint_bytes - plain.checkpoint_bytes == tiny().train.keep_checkpoints * PARAMS * 4
 
 
 def test_sweep_wall_time_and_storage_by_hand():

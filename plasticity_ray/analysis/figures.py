@@ -277,30 +277,46 @@ def fig_fits(families: list[dict], level: float) -> plt.Figure:
     return fig
 
 
-def fig_mitigations(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
-    """% change of probe AUC vs cycle per variant (mean over seeds), one panel per size."""
-    chosen = _continual(runs, least=2, cycle_ends=True)
-    if len({r.variant for r in chosen}) < 2:
+def fig_mitigations(groups: list[RunGroup]) -> plt.Figure:
+    """Per size, two panels: the % change of probe AUC vs cycle per variant (mean over seeds), and
+    each variant's last % change with its interval over seeds, its onset interval and verdict."""
+    chosen = [g for g in groups if g.first.mode == "continual" and g.auc_change is not None]
+    if len({g.first.variant for g in chosen}) < 2:
         raise Skip("every run has the same variant: nothing to compare")
-    sizes = sorted({r.size for r in chosen}, key=lambda s: next(r.params for r in chosen if r.size == s))
-    fig, axes = _panels(len(sizes), width=6.0, height=4.2)
-    for ax, size in zip(axes, sizes):
-        variants = sorted({r.variant for r in chosen if r.size == size}, key=lambda v: (v != "none", v))
-        for variant in variants:
-            members = [r for r in chosen if r.size == size and r.variant == variant]
+    sizes = sorted({g.first.size for g in chosen}, key=lambda s: next(g.first.params for g in chosen if g.first.size == s))
+    rows = max(len([g for g in chosen if g.first.size == s]) for s in sizes)
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(13, max(3.5, 0.38 * rows + 1.5) * len(sizes)), squeeze=False)
+    for (curves, forest), size in zip(axes, sizes):
+        members = sorted((g for g in chosen if g.first.size == size), key=lambda g: (g.first.variant != "none",
+                                                                                    g.first.variant))
+        for y, group in enumerate(reversed(members)):
+            variant = group.first.variant
             by_cycle: dict[float, list[float]] = {}
-            for run in members:
+            for run in group.runs:
                 for probe, change in zip(run.cycle_end_probes, run.auc_change(run.cycle_end_probes)):
                     by_cycle.setdefault(run.cycles(probe), []).append(change)
             xs = sorted(by_cycle)
-            onset = [onsets[r.trial_id].task_instance for r in members if onsets[r.trial_id].task_instance]
-            note = f", onset {sum(onset) / len(onset) / members[0].languages:.2g} cycles" if onset else ""
-            ax.plot(xs, [sum(by_cycle[x]) / len(by_cycle[x]) for x in xs], marker="o", ms=3,
-                    lw=2.5 if variant == "none" else 1.5, color="black" if variant == "none" else None,
-                    label=f"{variant} ({len(members)} run{'s' if len(members) > 1 else ''}{note})")
-        ax.axhline(0, color="grey", lw=0.8, ls="--")
-        ax.set(xlabel="cycles trained", ylabel="% change in probe AUC vs cycle 1", title=size)
-        ax.legend(fontsize=7)
+            line, = curves.plot(xs, [sum(by_cycle[x]) / len(by_cycle[x]) for x in xs], marker="o", ms=3,
+                                lw=2.5 if variant == "none" else 1.2, color="black" if variant == "none" else None,
+                                label=f"{variant} ({len(group.runs)} seeds)")
+            mean, half, _ = group.auc_change
+            o = group.onset
+            significant = o.verdict == "significant"
+            forest.errorbar(mean, y, xerr=half if half is not None else None, fmt="o", color=line.get_color(), capsize=3,
+                            mfc=line.get_color() if significant else "white")
+            onset = f"onset {o.onset.task_instance}" if o.onset.task_instance is not None else o.onset.status
+            if o.interval:
+                onset += f" [{o.interval[0]}, {o.interval[1]}]"
+            forest.annotate(f"{onset}; {o.verdict}", (1.01, y), xycoords=("axes fraction", "data"), fontsize=7,
+                            va="center", annotation_clip=False)
+        forest.set_yticks(range(len(members)), [g.first.variant for g in reversed(members)], fontsize=8)
+        forest.axvline(0, color="grey", lw=0.8, ls="--")
+        forest.set(xlabel=f"% change of probe AUC, last cycle end vs first (± {chosen[0].level:.0%} interval over seeds)",
+                   title=f"{size}: filled = loss of plasticity significant (Holm-adjusted)")
+        curves.axhline(0, color="grey", lw=0.8, ls="--")
+        curves.set(xlabel="cycles trained", ylabel="% change in probe AUC vs cycle 1", title=size)
+        curves.legend(fontsize=6, ncol=2)
     fig.suptitle("Which mitigation keeps plasticity? (lower = learns the probe language faster)")
     fig.tight_layout()
+    fig.subplots_adjust(right=0.8)
     return fig

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plasticity_ray.analysis import figures
-from plasticity_ray.analysis.groups import GROUP_COLUMNS, group_row, group_runs
+from plasticity_ray.analysis.groups import GROUP_COLUMNS, RunGroup, group_row, group_runs
 from plasticity_ray.analysis.onset import LEVEL, Onset, find_onset
 from plasticity_ray.analysis.runs import Run, load_runs
 from plasticity_ray.analysis.scaling import POINT_COLUMNS, family_fits
@@ -31,13 +31,15 @@ RUN_FIGURES = [
     ("fig6_dormant_layers", "% dormant MLP units per layer at each probe point.", figures.fig_dormant_layers),
     ("fig7_attention", "% lazy and % collapsed attention heads, and every head's mean attention entropy at the "
      "last probe point.", figures.fig_attention),
-    ("fig_mitigations", "% change of the cycle-end probes' AUC (Eq. 1) against cycles for each variant (mitigation), mean over "
-     "seeds, one panel per size: a flatter line keeps more plasticity.", figures.fig_mitigations),
 ]
 GROUP_FIGURES = [
     ("fig9_onset", "Probe AUC divided by the probe-language-alone AUC (mean over a group's seeds and probe replicates), "
      "its centred moving average (window 3), the onset (the minimum of the smoothed curve, Appendix B) and its "
      "interval.", figures.fig_onset_curves),
+    ("fig_mitigations", "Left: % change of the cycle-end probes' AUC (Eq. 1) against cycles for each variant (mitigation), "
+     "mean over seeds: a flatter line keeps more plasticity. Right: each variant's last % change with its interval "
+     "over seeds, its onset with its interval and its verdict (filled: loss of plasticity significant after Holm's "
+     "adjustment). One row per size.", figures.fig_mitigations),
 ]
 FIT_FIGURES = [
     ("fig3_onset_scaling", "Onset against non-embedding parameters on log-log axes, per family (variant, learning-rate "
@@ -77,32 +79,51 @@ def onset_rows(runs: list[Run]) -> tuple[list[dict], dict[str, Onset]]:
     return rows, onsets
 
 
-MITIGATION_COLUMNS = ["size", "variant", "runs", "onset_tasks", "onsets", "final_auc_change_percent",
-                      "last_cycle_train_loss", "train_loss_cost_percent"]
+MITIGATION_COLUMNS = ["size", "variant", "runs", "auc_change_percent", "auc_change_pm", "onset_tasks", "onset_lo",
+                      "onset_hi", "onsets", "verdict", "p_adjusted", "last_cycle_train_loss", "train_loss_cost_percent",
+                      "weight_magnitude_change_percent", "dormant_change_points", "lazy_heads_change_points",
+                      "collapsed_heads_change_points"]
+# What each diagnostic's change from the first probe point to the last is, in the side-by-side table.
+DIAGNOSTIC_CHANGES = {
+    "weight_magnitude_change_percent": (lambda d: d.get("weight_magnitude"), "ratio"),
+    "dormant_change_points": (lambda d: (d.get("dormant_units") or {}).get("percent"), "difference"),
+    "lazy_heads_change_points": (lambda d: (d.get("attention_entropy") or {}).get("lazy_percent"), "difference"),
+    "collapsed_heads_change_points": (lambda d: (d.get("attention_entropy") or {}).get("collapsed_percent"), "difference"),
+}
 
 
-def mitigation_table(runs: list[Run], onsets: dict[str, Onset]) -> list[dict]:
-    """Per size and variant (mean over seeds): the onset, the last probe's AUC change (Eq. 1), and
-    the last cycle's train loss with its cost relative to the size's "none" variant."""
-    groups: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        if run.mode == "continual" and run.cycle_end_probes:
-            groups.setdefault((run.size, run.variant), []).append(run)
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
 
+def _diagnostic_change(run: Run, value, how: str) -> float | None:
+    """A diagnostic at the run's last probe point against its first (ratio: in %; difference: in points)."""
+    series = [value(run.diagnostics[p["task_index"]]) for p in run.probes if p["task_index"] in run.diagnostics]
+    series = [v for v in series if v is not None]
+    if len(series) < 2:
+        return None
+    return 100 * (series[-1] / series[0] - 1) if how == "ratio" else series[-1] - series[0]
+
+
+def mitigation_table(groups: list[RunGroup], onsets: dict[str, Onset]) -> list[dict]:
+    """Per size and variant (a group of seeds), side by side: the probe AUC's % change (Eq. 1) with
+    its interval, the group's onset with its interval, its multiplicity-adjusted verdict, each run's
+    own onset, the last cycle's train loss with its cost against the size's "none", and how the
+    diagnostics moved from the first probe point to the last (mean over seeds)."""
+    chosen = [g for g in groups if g.first.mode == "continual" and all(r.cycle_end_probes for r in g.runs)]
     rows = []
-    for (size, variant), members in sorted(groups.items(), key=lambda item: (item[1][0].params, item[0][1] != "none",
-                                                                              item[0][1])):
-        found = [onsets[r.trial_id].task_instance for r in members]
+    for group in sorted(chosen, key=lambda g: (g.first.params, g.first.variant != "none", g.first.variant)):
+        row = group_row(group)
         rows.append({
-            "size": size, "variant": variant, "runs": len(members),
-            "onset_tasks": mean(found),
-            "onsets": " ".join(str(t) if t is not None else onsets[r.trial_id].status for t, r in zip(found, members)),
-            "final_auc_change_percent": mean([r.auc_change(r.cycle_end_probes)[-1] for r in members]),
-            "last_cycle_train_loss": mean([r.last_cycle_loss() for r in members]),
+            **{k: row[k] for k in ("size", "variant", "auc_change_percent", "auc_change_pm", "onset_tasks", "onset_lo",
+                                   "onset_hi", "verdict", "p_adjusted")},
+            "runs": len(group.runs),
+            "onsets": " ".join(str(onsets[r.trial_id].task_instance) if onsets[r.trial_id].task_instance is not None
+                               else onsets[r.trial_id].status for r in group.runs),
+            "last_cycle_train_loss": _mean([r.last_cycle_loss() for r in group.runs]),
+            **{name: _mean([_diagnostic_change(r, value, how) for r in group.runs])
+               for name, (value, how) in DIAGNOSTIC_CHANGES.items()},
         })
     for row in rows:
         baseline = next((r["last_cycle_train_loss"] for r in rows if r["size"] == row["size"] and r["variant"] == "none"),
@@ -110,6 +131,39 @@ def mitigation_table(runs: list[Run], onsets: dict[str, Onset]) -> list[dict]:
         loss = row["last_cycle_train_loss"]
         row["train_loss_cost_percent"] = 100 * (loss / baseline - 1) if baseline and loss is not None else None
     return rows
+
+
+MITIGATIONS_KEY = ("the probe AUC's % change (Eq. 1, last cycle end against the first) and the onset with their "
+                   "{level:.0%} intervals over seeds; the verdict on loss of plasticity, its p-value Holm-adjusted over "
+                   "every group of the analysis; cost = last-cycle train loss against 'none'; |w|, dormant units and lazy "
+                   "heads: change from the first probe point to the last, mean over seeds")
+SIDE_BY_SIDE = ["size", "variant", "seeds", "AUC change %", "onset (tasks)", "verdict", "p (Holm)", "train-loss cost %",
+                "|w| %", "dormant pp", "lazy heads pp"]
+
+
+def side_by_side(rows: list[dict], level: float = LEVEL) -> list[dict]:
+    """`mitigation_table` rows for reading: each estimate next to its interval (at `level`)."""
+    def change(r):
+        if r["auc_change_percent"] is None:
+            return "-"
+        pm = f" ± {r['auc_change_pm']:.2f}" if r["auc_change_pm"] is not None else ""
+        return f"{r['auc_change_percent']:+.2f}{pm}"
+
+    def onset(r):
+        if r["onset_tasks"] is None:
+            return "-"
+        return f"{r['onset_tasks']} [{r['onset_lo']}, {r['onset_hi']}]" if r["onset_lo"] is not None else str(r["onset_tasks"])
+
+    return [{"size": r["size"], "variant": r["variant"], "seeds": r["runs"], "AUC change %": change(r),
+             "onset (tasks)": onset(r), "verdict": r["verdict"], "p (Holm)": _fmt(r["p_adjusted"], ".3g"),
+             "train-loss cost %": _fmt(r["train_loss_cost_percent"], "+.2f"),
+             "|w| %": _fmt(r["weight_magnitude_change_percent"], "+.1f"), "dormant pp": _fmt(r["dormant_change_points"], "+.2f"),
+             "lazy heads pp": _fmt(r["lazy_heads_change_points"], "+.1f")} for r in rows]
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    return lines + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
 
 
 def _alarm_lead(run: Run, onset: Onset) -> dict:
@@ -171,7 +225,7 @@ def analyze(experiment_dirs: list[Path], out_dir: Path | None = None, level: flo
     else:
         result.skipped.append(("auc_by_language.csv", "every probe follows the same language"))
 
-    result.mitigations = mitigation_table(runs, onsets)
+    result.mitigations = mitigation_table(run_groups, onsets)
     if len({r["variant"] for r in result.mitigations}) > 1:
         write_bytes_atomic(out_dir / "mitigations.csv", to_csv(result.mitigations, MITIGATION_COLUMNS).encode())
         result.written.append(out_dir / "mitigations.csv")
@@ -214,8 +268,8 @@ def format_analysis(result: Analysis) -> str:
     lines += ["\nconclusions per run group (runs that differ only in their seed):" + _tested(result)]
     lines += [f"  {row['message']}" for row in result.onsets]
     if len({r["variant"] for r in result.mitigations}) > 1:
-        lines += ["\nvariants side by side (mean over seeds; cost = last-cycle train loss vs 'none'):",
-                  format_table(result.mitigations, MITIGATION_COLUMNS)]
+        lines += [f"\nvariants side by side ({MITIGATIONS_KEY.format(level=result.level)}):",
+                  format_table(side_by_side(result.mitigations, result.level), SIDE_BY_SIDE)]
     for family in result.families:
         if family["fit"]:
             best = family["fit"]["best"]
@@ -282,14 +336,8 @@ def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> s
                          f"{_coefficient(fits, name, 'b')} | {m['r2']:.4f} | {m['rmse']:.3f} | {m['loo_rmse']:.3f} |")
         lines.append(f"\nBest by leave-one-out RMSE: **{fits['best']}**.")
     if len({r["variant"] for r in result.mitigations}) > 1:
-        lines += ["", "## Mitigations", "", "Mean over seeds; cost = last-cycle train loss relative to `none`.", "",
-                  "| size | variant | runs | onset (tasks) | per run | final AUC change % | last-cycle train loss | cost % |",
-                  "|---|---|---:|---:|---|---:|---:|---:|"]
-        for r in result.mitigations:
-            cells = [r["size"], r["variant"], r["runs"], _fmt(r["onset_tasks"], ".1f"), r["onsets"],
-                     _fmt(r["final_auc_change_percent"], "+.2f"), _fmt(r["last_cycle_train_loss"], ".4f"),
-                     _fmt(r["train_loss_cost_percent"], "+.2f")]
-            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines += ["", "## Mitigations", "", f"Side by side: {MITIGATIONS_KEY.format(level=result.level)}.", ""]
+        lines += markdown_table(side_by_side(result.mitigations, result.level), SIDE_BY_SIDE)
     if len({r["preceding_language"] for r in by_language}) > 1:
         lines += ["", "## Probe AUC by the preceding language (Table III)", "", "| size | language | probes | mean AUC |",
                   "|---|---|---:|---:|"]

@@ -102,18 +102,35 @@ def test_variants_are_compared_side_by_side(tmp_path, write_run, capsys):
     write_run(root, "none_1", "5M", "paper", CURVES["12M"], baseline=3.5, label="none")
     write_run(root, "sp_0", "5M", "paper", CURVES["27M"], baseline=3.5, label="shrink_perturb", loss_offset=0.5)
     assert main(["analyze", str(root)]) == 0
+    printed = capsys.readouterr().out
     with open(root / "analysis" / "mitigations.csv") as f:
         rows = {r["variant"]: r for r in csv.DictReader(f)}
+    with open(root / "analysis" / "onsets.csv") as f:
+        groups = {r["variant"]: r for r in csv.DictReader(f)}
     assert list(rows) == ["none", "shrink_perturb"]
-    assert rows["none"]["runs"] == "2" and float(rows["none"]["onset_tasks"]) == (24 + 32) / 2
-    assert rows["none"]["onsets"] == "24 32" and float(rows["shrink_perturb"]["onset_tasks"]) == 48
+    assert rows["none"]["runs"] == "2" and rows["none"]["onsets"] == "24 32" and rows["shrink_perturb"]["onsets"] == "48"
+    # Each variant's estimates are its group's, intervals and adjusted verdict included.
+    for variant, row in rows.items():
+        for column in ("auc_change_percent", "auc_change_pm", "onset_tasks", "onset_lo", "onset_hi", "verdict", "p_adjusted"):
+            assert row[column] == groups[variant][column], (variant, column)
+    assert rows["none"]["auc_change_pm"] and rows["none"]["onset_lo"] and rows["none"]["verdict"] in (
+        "significant", "not distinguishable from noise")
+    changes = [100 * (CURVES[size][-1] / CURVES[size][0] - 1) for size in ("5M", "12M")]
+    assert float(rows["none"]["auc_change_percent"]) == pytest.approx(sum(changes) / 2)
     last_change = 100 * (CURVES["27M"][-1] / CURVES["27M"][0] - 1)
-    assert float(rows["shrink_perturb"]["final_auc_change_percent"]) == pytest.approx(last_change)
+    assert float(rows["shrink_perturb"]["auc_change_percent"]) == pytest.approx(last_change)
     # The written runs' 8 metric rows are all in cycle 0: mean loss 5.0 - 0.35 = 4.65, 5.15 with the offset.
     assert float(rows["none"]["last_cycle_train_loss"]) == pytest.approx(4.65)
     assert float(rows["shrink_perturb"]["train_loss_cost_percent"]) == pytest.approx(100 * (5.15 / 4.65 - 1))
+    # The written diagnostics: weight magnitude 0.1·(probe number) at each of n probes, dormant units 2% at all.
+    n = len(CURVES["27M"])
+    assert float(rows["shrink_perturb"]["weight_magnitude_change_percent"]) == pytest.approx(100 * (n - 1))
+    assert float(rows["none"]["dormant_change_points"]) == 0.0
     assert (root / "analysis" / "fig_mitigations.png").exists()
     assert "## Mitigations" in (root / "analysis" / "report.md").read_text()
+    side_by_side = printed[printed.index("variants side by side"):]
+    assert f"{sum(changes) / 2:+.2f} ± {float(rows['none']['auc_change_pm']):.2f}" in side_by_side
+    assert rows["none"]["verdict"] in side_by_side.splitlines()[2]
 
 
 def _add_extended_probes(run_dir, aucs: dict[int, float], languages: dict[int, str]):

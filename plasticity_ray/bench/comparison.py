@@ -1,0 +1,71 @@
+"""`plasticity-ray bench comparison SPEC --out DIR`: a spec's whole sweep (e.g. the mitigation
+comparison) run from nothing on this machine's local Ray and timed, then analysed; the record keeps
+the command, commit, date and wall time, the sizing the spec's header comment states (decided before
+the run), every variant side by side and every group's conclusion, with the analysis files the
+README points to."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from plasticity_ray.analysis.report import SIDE_BY_SIDE, analyze, markdown_table, side_by_side
+from plasticity_ray.bench.record import header
+from plasticity_ray.errors import UserError
+from plasticity_ray.spec import grid_points, load_spec, with_overrides
+from plasticity_ray.storage import write_json_atomic
+
+KEPT = ("report.md", "mitigations.csv", "onsets.csv", "fig_mitigations.png")
+
+
+def sizing(spec_path: Path) -> list[str]:
+    """The spec file's leading comment: how the comparison was sized, committed before it ran."""
+    lines = []
+    for line in spec_path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").rstrip())
+    return lines
+
+
+def bench_comparison(argv: list[str], spec_path: Path, out_dir: Path, storage: str | None = None,
+                     say: Callable[[str], None] = print) -> dict:
+    from plasticity_ray.runtime import check_resources, init_ray
+    from plasticity_ray.sweep.tune import run_sweep
+    from plasticity_ray.trial import experiment_dir
+
+    started = header(argv)
+    spec = load_spec(spec_path)
+    if storage:
+        spec = with_overrides(spec, {"storage_path": storage})
+    if experiment_dir(spec).exists():
+        raise UserError(f"{experiment_dir(spec)}: holds this experiment already; the comparison is timed from "
+                        "nothing (move it, or pass --storage)")
+    init_ray()
+    for point in grid_points(spec):
+        check_resources(with_overrides(spec, point))
+    began = time.monotonic()
+    summary = run_sweep(spec, say=say)
+    wall = time.monotonic() - began
+    if summary.unfinished or summary.errors:
+        raise UserError(f"{summary.experiment_dir}: {summary.unfinished} trial(s) unfinished, {len(summary.errors)} "
+                        f"failed; nothing recorded")
+    result = analyze([summary.experiment_dir])
+    record = {
+        **started, "spec": str(spec_path), "sizing": sizing(spec_path), "trials": summary.trials,
+        "wall_s": round(wall, 1), "level": result.level, "experiment_dir": str(summary.experiment_dir),
+        "variants": result.mitigations, "conclusions": [row["message"] for row in result.onsets],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (result.out_dir / name).exists():
+            shutil.copyfile(result.out_dir / name, out_dir / name)
+    write_json_atomic(out_dir / "record.json", record)
+    return record
+
+
+def format_comparison(record: dict) -> str:
+    """The record's variants side by side, as the README quotes them."""
+    return "\n".join(markdown_table(side_by_side(record["variants"], record["level"]), SIDE_BY_SIDE))
