@@ -216,33 +216,56 @@ def linear_logit_mse(hidden: torch.Tensor, weight: torch.Tensor, other_hidden: t
     return _ChunkedLogitMSE.apply(flat_hidden, weight, flat_other, other_weight.detach(), chunk)
 
 
-class _ChunkedLogitMSE(torch.autograd.Function):
+def _over_chunks(hidden, weight, chunk: int, loss_of, want_hidden: bool, want_weight: bool):
+    """A loss on the logits `hidden @ weightᵀ` summed over chunks of positions and, in the same pass,
+    its gradients with respect to `hidden` and `weight`, never more than one chunk of logits in memory.
+    `loss_of(start, logits)` gives a chunk's loss sum and its gradient with respect to the chunk's fp32
+    logits (None when no gradient is wanted)."""
+    grad_hidden = torch.empty_like(hidden) if want_hidden else None
+    grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.size(0), chunk):
+        h = hidden[start : start + chunk]
+        loss, dlogits = loss_of(start, (h @ weight.t()).float())
+        total += loss
+        if dlogits is not None:
+            dlogits = dlogits.to(h.dtype)  # under autocast the matmuls below run in bf16
+            if want_hidden:
+                grad_hidden[start : start + chunk] = dlogits @ weight
+            if want_weight:
+                grad_weight += (dlogits.t() @ h).float()
+    return total, grad_hidden, grad_weight
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """The gradients `_over_chunks` computed, handed back (scaled by the incoming one)."""
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = grad_hidden * grad_loss if grad_hidden is not None else None
+        gw = (grad_weight * grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None
+        return (gh, gw) + (None,) * ctx.other_inputs
+
+
+class _ChunkedLogitMSE(_ChunkedHead):
     """`linear_logit_mse` chunk by chunk, its gradients computed in the same pass (as the loss head)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, other_hidden, other_weight, chunk):
         n = hidden.size(0) * weight.size(0)
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.size(0), chunk):
-            h = hidden[start : start + chunk]
-            diff = (h @ weight.t()).float() - (other_hidden[start : start + chunk] @ other_weight.t()).float()
-            total += diff.pow(2).sum()
-            dlogits = (diff * (2.0 / n)).to(h.dtype)
-            grad_hidden[start : start + chunk] = dlogits @ weight
-            grad_weight += (dlogits.t() @ h).float()
+
+        def loss_of(start, logits):
+            diff = logits - (other_hidden[start : start + chunk] @ other_weight.t()).float()
+            return diff.pow(2).sum(), diff * (2.0 / n)
+
+        total, grad_hidden, grad_weight = _over_chunks(hidden, weight, chunk, loss_of, True, True)
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+        ctx.weight_dtype, ctx.other_inputs = weight.dtype, 3
         return total / n
 
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None
 
-
-class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+class _ChunkedLinearCrossEntropy(_ChunkedHead):
     """Computes the loss and, in the same pass over each chunk, its gradients (as Liger's fused
     linear cross-entropy does): the same FLOPs as the plain head, one chunk of logits in memory."""
 
@@ -250,29 +273,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk):
         n = hidden.size(0)
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, n, chunk):
-            h, t = hidden[start : start + chunk], targets[start : start + chunk]
-            logits = (h @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            loss_sum += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if want_hidden or want_weight:
-                dlogits = (logits - lse[:, None]).exp_()  # softmax
-                dlogits[torch.arange(h.size(0), device=h.device), t] -= 1.0
-                dlogits = (dlogits / n).to(h.dtype)  # under autocast the matmuls below run in bf16
-                if want_hidden:
-                    grad_hidden[start : start + chunk] = dlogits @ weight
-                if want_weight:
-                    grad_weight += (dlogits.t() @ h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
-        return loss_sum / n
 
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden * grad_loss if grad_hidden is not None else None
-        gw = (grad_weight * grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None
-        return gh, gw, None, None
+        def loss_of(start, logits):
+            t = targets[start : start + chunk]
+            lse = torch.logsumexp(logits, dim=-1)
+            loss = (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if not (want_hidden or want_weight):
+                return loss, None
+            dlogits = (logits - lse[:, None]).exp_()  # softmax
+            dlogits[torch.arange(logits.size(0), device=logits.device), t] -= 1.0
+            return loss, dlogits / n
+
+        loss_sum, grad_hidden, grad_weight = _over_chunks(hidden, weight, chunk, loss_of, want_hidden, want_weight)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype, ctx.other_inputs = weight.dtype, 2
+        return loss_sum / n
