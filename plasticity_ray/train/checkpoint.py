@@ -136,6 +136,8 @@ def check(path: Path, cfg: GPTConfig) -> dict:
         )
     for name in ("model.pt", "optimizer.pt"):
         _torch_load(path / name, "cpu", mmap=True)
+    if (path / "hooks.pt").exists():  # a mitigation's tensors (C-CHAIN's)
+        _torch_load(path / "hooks.pt", "cpu", mmap=True)
     return state
 
 

@@ -116,6 +116,20 @@ def test_a_truncated_checkpoint_is_refused_by_name_and_kept(tmp_path):
     assert weights.exists() and checkpoint.checkpoints(tmp_path) == [path]
 
 
+def test_hook_tensors_round_trip_and_a_truncated_hooks_file_is_refused_by_name(tmp_path):
+    model = _model()
+    opt = make_optimizer(model, SPEC, torch.device("cpu"))
+    state = {"model": checkpoint.model_signature(CFG), "position": {"task": 1, "step": 2}}
+    tensors = [{"reference": torch.arange(6).view(2, 3)}, {}]
+    path = checkpoint.save(tmp_path, 10, model.state_dict(), opt.state_dict(), state, keep=2, hook_tensors=tensors)
+    loaded = checkpoint.load_hook_tensors(path, torch.device("cpu"))
+    assert torch.equal(loaded[0]["reference"], tensors[0]["reference"]) and loaded[1] == {}
+    hooks = path / "hooks.pt"
+    hooks.write_bytes(hooks.read_bytes()[:20])
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{hooks}: unreadable, truncated or corrupted"):
+        checkpoint.check(path, CFG)
+
+
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager_ones():
     from plasticity_ray.train.recipe import compile_blocks
