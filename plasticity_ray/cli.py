@@ -321,10 +321,13 @@ def cmd_bench(args) -> int:
         record = {**started, **study, "summary": summary(study)}
         print(format_summary(record), file=sys.stderr)
     elif args.bench_command == "comparison":
-        from plasticity_ray.bench.comparison import bench_comparison, format_comparison
+        from plasticity_ray.bench.comparison import bench_comparison, format_comparison, reanalyze_comparison
 
-        record = bench_comparison(args.argv, Path(args.spec), Path(args.out), args.storage,
-                                  say=lambda line: print(line, file=sys.stderr))
+        if args.reanalyze:
+            record = reanalyze_comparison(args.argv, Path(args.out))
+        else:
+            record = bench_comparison(args.argv, Path(args.spec), Path(args.out), args.storage,
+                                      say=lambda line: print(line, file=sys.stderr))
         print(format_comparison(record))
         print(f"{record['trials']} trials in {record['wall_s']:.0f} s; record and analysis in {args.out}")
         return 0
@@ -496,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("spec", help="experiment spec (its leading comment states how it was sized)")
     comparison.add_argument("--out", required=True, help="directory for record.json and the analysis it quotes")
     comparison.add_argument("--storage", help="where the runs go (default: the spec's storage_path)")
+    comparison.add_argument("--reanalyze", action="store_true",
+                            help="analyse the runs of the record in --out again (training, commit and wall time kept)")
     adaptive = bench_commands.add_parser(
         "adaptive", help="the adaptive protocol (probes near the minimum, confirmed-onset stops) against the "
                          "paper's, on simulated groups")

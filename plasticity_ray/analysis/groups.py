@@ -58,7 +58,8 @@ class RunGroup:
         for run in self.runs:
             by_tasks = {run.tasks_trained(p): self._normalised(run, p) for p in run.probes}
             curves.append([by_tasks.get(t) for t in tasks])
-        return group_onset(tasks, curves, self.level)
+        positions = [t % self.first.languages for t in tasks] if self.first.mode == "continual" else None
+        return group_onset(tasks, curves, self.level, positions=positions)
 
     @cached_property
     def auc_change(self) -> tuple[float, float | None, float] | None:

@@ -95,7 +95,7 @@ class GroupOnset:
     noise: str | None  # what the spread was estimated from: "seeds", "probe replicates"; None: nothing
     noise_sd: float | None  # of one point of the mean curve
     interval: tuple[int, int] | None  # onset interval in tasks trained, at `level` (seeds only)
-    rise: float | None  # smoothed curve: last window − minimum (normalised AUC units)
+    rise: float | None  # smoothed curve, each probe position against itself: last window − minimum
     p_value: float | None  # of a rise this large on a flat curve (rotation test over seeds)
     why_no_interval: str | None = None
     probe_noise_interval: tuple[int, int] | None = None  # one seed: from its probe replicates only
@@ -127,13 +127,15 @@ class GroupOnset:
 
 
 def group_onset(tasks: list[int], replicates: list[list[list[float] | None]], level: float = LEVEL,
-                draws: int = DRAWS, seed: int = 0) -> GroupOnset:
+                draws: int = DRAWS, seed: int = 0, positions: list[int] | None = None) -> GroupOnset:
     """`replicates[s][j]`: the (normalised) AUCs of seed s's probe replicates after `tasks[j]` tasks,
     None where that probe is missing (the point is then left out for the whole group).
 
     Each seed's curve is the mean of its replicates. The interval is `onset_sets`' and the verdict
     `rotation_p_values`' (both in `level`'s terms), over seeds; with one seed, the same over its
-    probe replicates, reported as probe noise only and never as a verdict."""
+    probe replicates, reported as probe noise only and never as a verdict. `positions[j]`: where in
+    the cycle probe j is (what language precedes it); the verdict compares each position with
+    itself (`by_position`), so the offset between probes after different languages is no rise."""
     order = sorted(range(len(tasks)), key=lambda j: tasks[j])
     kept = [j for j in order if all(run[j] for run in replicates)]
     xs = [tasks[j] for j in kept]
@@ -151,8 +153,6 @@ def group_onset(tasks: list[int], replicates: list[list[list[float] | None]], le
 
     if onset.status == "too_few":
         return without("too few probe points")
-    smoothed = _smooth(curve[None, :])[0]
-    rise = float(smoothed[-1] - smoothed.min())
     rng = np.random.default_rng(seed)
     if len(values) >= 2:
         samples, source = means, "seeds"
@@ -162,13 +162,30 @@ def group_onset(tasks: list[int], replicates: list[list[list[float] | None]], le
         return without("one seed and one probe replicate measure no noise (add seeds, e.g. sweep.grid.seed: "
                        "[0, 1, 2], or probe.replicates: 3 for probe noise alone)")
     lo, hi = onset_sets(samples[None], np.asarray(xs), level)
-    p_value = float(rotation_p_values(samples[None], rng, draws)[0])
+    tested = by_position(samples, None if positions is None else [positions[j] for j in kept])
+    rise = float(_rise(tested.mean(0)))
+    p_value = float(rotation_p_values(tested[None], rng, draws)[0])
     noise_sd = float(np.sqrt(samples.var(0, ddof=1).mean() / len(samples)))
     interval = (int(lo[0]), int(hi[0]))
     if source == "seeds":
         return GroupOnset(onset, len(values), fewest, level, source, noise_sd, interval, rise, p_value)
     return GroupOnset(onset, 1, fewest, level, source, noise_sd, None, rise, None,
                       probe_noise_interval=interval, probe_noise_p_value=p_value)
+
+
+def by_position(samples: np.ndarray, positions: list | None) -> np.ndarray:
+    """Each curve (row) less the mean of its own points at the same position in the cycle, plus its
+    overall mean: a probe's AUC depends on the language trained just before it (the paper's Table
+    III) by far more than a CPU-scale run's trend, and probes at several positions would make that
+    offset look like a rise. The same linear map for every curve, so the rotation test stays exact."""
+    if positions is None or len(set(positions)) < 2:
+        return samples
+    adjusted = samples.astype(float).copy()
+    where = np.asarray(positions)
+    for position in set(positions):
+        at = where == position
+        adjusted[..., at] -= samples[..., at].mean(-1, keepdims=True)
+    return adjusted + samples.mean(-1, keepdims=True)
 
 
 def rotation_p_values(samples: np.ndarray, rng: np.random.Generator, draws: int = DRAWS) -> np.ndarray:

@@ -2,7 +2,9 @@
 comparison) run from nothing on this machine's local Ray and timed, then analysed; the record keeps
 the command, commit, date and wall time, the sizing the spec's header comment states (decided before
 the run), every variant side by side and every group's conclusion, with the analysis files the
-README points to."""
+README points to. `--reanalyze` analyses the runs of an existing record again with this checkout's
+analysis (the training, its commit and wall time stay the record's; `analysed` says when, by what,
+and the record keeps the verdicts it replaces)."""
 
 from __future__ import annotations
 
@@ -58,12 +60,37 @@ def bench_comparison(argv: list[str], spec_path: Path, out_dir: Path, storage: s
         "wall_s": round(wall, 1), "level": result.level, "experiment_dir": str(summary.experiment_dir),
         "variants": result.mitigations, "conclusions": [row["message"] for row in result.onsets],
     }
+    _keep(result.out_dir, out_dir, record)
+    return record
+
+
+def reanalyze_comparison(argv: list[str], out_dir: Path) -> dict:
+    """The runs of `out_dir/record.json` analysed again; the rest of the record kept."""
+    import json
+
+    record_file = out_dir / "record.json"
+    if not record_file.exists():
+        raise UserError(f"{record_file}: missing (run the comparison first)")
+    old = json.loads(record_file.read_text())
+    experiment = Path(old["experiment_dir"])
+    if not experiment.exists():
+        raise UserError(f"{experiment}: the record's runs are not on this machine; the comparison must run again")
+    result = analyze([experiment])
+    replaced = old.get("replaced_verdicts", []) + [{
+        "analysed": old.get("analysed", {k: old[k] for k in ("commit", "date", "command")}),
+        "verdicts": {row["variant"]: [row["verdict"], row["p_adjusted"]] for row in old["variants"]}}]
+    record = {**old, "analysed": header(argv), "level": result.level, "variants": result.mitigations,
+              "conclusions": [row["message"] for row in result.onsets], "replaced_verdicts": replaced}
+    _keep(result.out_dir, out_dir, record)
+    return record
+
+
+def _keep(analysis_dir: Path, out_dir: Path, record: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in KEPT:
-        if (result.out_dir / name).exists():
-            shutil.copyfile(result.out_dir / name, out_dir / name)
+        if (analysis_dir / name).exists():
+            shutil.copyfile(analysis_dir / name, out_dir / name)
     write_json_atomic(out_dir / "record.json", record)
-    return record
 
 
 def format_comparison(record: dict) -> str:
