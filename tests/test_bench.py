@@ -136,3 +136,24 @@ def test_the_readme_quotes_the_committed_mitigation_costs():
     readme = (REPO / "README.md").read_text()
     assert format_mitigation_costs(record) in readme
     assert record["command"].split(" --out ")[0] in readme.replace("\n", " ")  # the command that made it
+
+
+def test_the_committed_mitigation_comparison_covers_every_variant_and_the_readme_quotes_it():
+    from plasticity_ray.bench.comparison import format_comparison
+    from plasticity_ray.spec import load_spec
+
+    record = json.loads((REPO / "results" / "mitigations_demo" / "record.json").read_text())
+    spec = load_spec(REPO / "experiments" / "mitigations_demo.yaml")
+    assert record["command"] == "plasticity-ray bench comparison experiments/mitigations_demo.yaml --out results/mitigations_demo"
+    assert len(record["commit"]) == 40 and record["date"] and record["wall_s"] > 0 and record["sizing"]
+    variants = {row["variant"]: row for row in record["variants"]}
+    assert set(variants) == set(spec.sweep.variants) and len(variants) == 14  # none, 13 others, the reset control
+    assert record["trials"] == 42 and all(row["runs"] == 3 for row in variants.values())
+    # The negative control: a model re-initialised at every task cannot lose plasticity.
+    assert variants["reset_control"]["verdict"] == "not distinguishable from noise"
+    assert all(row["auc_change_pm"] is not None and row["verdict"] != "no verdict" for row in variants.values())
+    readme = (REPO / "README.md").read_text()
+    assert format_comparison(record) in readme
+    assert record["command"] in readme.replace("\n", " ")
+    for name in ("report.md", "mitigations.csv", "onsets.csv", "fig_mitigations.png"):
+        assert (REPO / "results" / "mitigations_demo" / name).exists(), name
