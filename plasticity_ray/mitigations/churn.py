@@ -45,7 +45,10 @@ class ChurnReductionHook:
         self.churns: list[float] = []  # L_churn per update with a penalty
 
     def attach(self, model) -> None:
-        self.previous = GPT(model.cfg).to(next(model.parameters()).device)
+        # A model of its own (a copy would carry other hooks' forward hooks); its initial draw must not
+        # move the run's RNG stream, and its values are replaced at the first update anyway.
+        with torch.random.fork_rng(devices=[]):
+            self.previous = GPT(model.cfg).to(next(model.parameters()).device)
         self.previous.requires_grad_(False)
 
     def churn(self, model, precision) -> tuple[torch.Tensor, list[torch.Tensor]]:
