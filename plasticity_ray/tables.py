@@ -47,3 +47,9 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
     return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
+    """Rows as the lines of a Markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    return lines + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]

@@ -140,7 +140,7 @@ def fig_onset_curves(groups: list[RunGroup]) -> plt.Figure:
     return fig
 
 
-def _diagnostic_series(run: Run, key) -> tuple[list[float], list[float]]:
+def diagnostic_series(run: Run, key) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for p in run.probes:
         value = key(run.diagnostics.get(p["task_index"], {}))
@@ -156,13 +156,13 @@ def fig_correlates(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
         "average |weight|": lambda d: d.get("weight_magnitude"),
         "% dormant MLP units": lambda d: (d.get("dormant_units") or {}).get("percent"),
     }
-    chosen = [r for r in _continual(runs) if any(_diagnostic_series(r, k)[0] for k in series.values())]
+    chosen = [r for r in _continual(runs) if any(diagnostic_series(r, k)[0] for k in series.values())]
     if not chosen:
         raise Skip("no weight_magnitude or dormant_units diagnostics")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (name, key) in zip(axes, series.items()):
         for run in _by_size(chosen):
-            xs, ys = _diagnostic_series(run, key)
+            xs, ys = diagnostic_series(run, key)
             if xs:
                 line, = ax.plot(xs, ys, marker="o", ms=3, label=run.label)
                 onset = onsets[run.trial_id].task_instance
@@ -201,7 +201,7 @@ def fig_attention(runs: list[Run], onsets: dict[str, Onset]) -> plt.Figure:
     fig, axes = _panels(2 + len(chosen))
     for ax, (name, key) in zip(axes[:2], (("% lazy heads", "lazy_percent"), ("% collapsed heads", "collapsed_percent"))):
         for run in chosen:
-            xs, ys = _diagnostic_series(run, lambda d: (d.get("attention_entropy") or {}).get(key))
+            xs, ys = diagnostic_series(run, lambda d: (d.get("attention_entropy") or {}).get(key))
             ax.plot(xs, ys, marker="o", ms=3, label=run.label)
         ax.set(xlabel="cycles trained", ylabel=name, title=name)
         ax.legend(fontsize=7)

@@ -14,7 +14,7 @@ from plasticity_ray.analysis.runs import Run, load_runs
 from plasticity_ray.analysis.scaling import POINT_COLUMNS, family_fits
 from plasticity_ray.errors import UserError
 from plasticity_ray.storage import require_dir, write_bytes_atomic, write_json_atomic
-from plasticity_ray.tables import format_table, to_csv
+from plasticity_ray.tables import format_table, markdown_table, to_csv
 
 RUN_ONSET_COLUMNS = ["trial_id", "variant", "size", "params", "lr", "seed", "mode", "probes", "onset_tasks", "onset_tokens", "status",
                  "first_alarm_tasks", "alarm_lead_tasks", "message"]
@@ -99,8 +99,7 @@ def _mean(values):
 
 def _diagnostic_change(run: Run, value, how: str) -> float | None:
     """A diagnostic at the run's last probe point against its first (ratio: in %; difference: in points)."""
-    series = [value(run.diagnostics[p["task_index"]]) for p in run.probes if p["task_index"] in run.diagnostics]
-    series = [v for v in series if v is not None]
+    series = figures.diagnostic_series(run, value)[1]
     if len(series) < 2:
         return None
     return 100 * (series[-1] / series[0] - 1) if how == "ratio" else series[-1] - series[0]
@@ -141,8 +140,8 @@ SIDE_BY_SIDE = ["size", "variant", "seeds", "AUC change %", "onset (tasks)", "ve
                 "|w| %", "dormant pp", "lazy heads pp"]
 
 
-def side_by_side(rows: list[dict], level: float = LEVEL) -> list[dict]:
-    """`mitigation_table` rows for reading: each estimate next to its interval (at `level`)."""
+def side_by_side(rows: list[dict]) -> list[dict]:
+    """`mitigation_table` rows for reading: each estimate next to its interval."""
     def change(r):
         if r["auc_change_percent"] is None:
             return "-"
@@ -159,11 +158,6 @@ def side_by_side(rows: list[dict], level: float = LEVEL) -> list[dict]:
              "train-loss cost %": _fmt(r["train_loss_cost_percent"], "+.2f"),
              "|w| %": _fmt(r["weight_magnitude_change_percent"], "+.1f"), "dormant pp": _fmt(r["dormant_change_points"], "+.2f"),
              "lazy heads pp": _fmt(r["lazy_heads_change_points"], "+.1f")} for r in rows]
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    return lines + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
 
 
 def _alarm_lead(run: Run, onset: Onset) -> dict:
@@ -269,7 +263,7 @@ def format_analysis(result: Analysis) -> str:
     lines += [f"  {row['message']}" for row in result.onsets]
     if len({r["variant"] for r in result.mitigations}) > 1:
         lines += [f"\nvariants side by side ({MITIGATIONS_KEY.format(level=result.level)}):",
-                  format_table(side_by_side(result.mitigations, result.level), SIDE_BY_SIDE)]
+                  format_table(side_by_side(result.mitigations), SIDE_BY_SIDE)]
     for family in result.families:
         if family["fit"]:
             best = family["fit"]["best"]
@@ -337,7 +331,7 @@ def _report(experiment_dirs, rows, by_language, result: Analysis, captions) -> s
         lines.append(f"\nBest by leave-one-out RMSE: **{fits['best']}**.")
     if len({r["variant"] for r in result.mitigations}) > 1:
         lines += ["", "## Mitigations", "", f"Side by side: {MITIGATIONS_KEY.format(level=result.level)}.", ""]
-        lines += markdown_table(side_by_side(result.mitigations, result.level), SIDE_BY_SIDE)
+        lines += markdown_table(side_by_side(result.mitigations), SIDE_BY_SIDE)
     if len({r["preceding_language"] for r in by_language}) > 1:
         lines += ["", "## Probe AUC by the preceding language (Table III)", "", "| size | language | probes | mean AUC |",
                   "|---|---|---:|---:|"]

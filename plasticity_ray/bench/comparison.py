@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from plasticity_ray.analysis.report import SIDE_BY_SIDE, analyze, markdown_table, side_by_side
+from plasticity_ray.analysis.report import SIDE_BY_SIDE, analyze, side_by_side
 from plasticity_ray.bench.record import header
 from plasticity_ray.errors import UserError
 from plasticity_ray.spec import grid_points, load_spec, with_overrides
 from plasticity_ray.storage import write_json_atomic
+from plasticity_ray.tables import markdown_table
 
 KEPT = ("report.md", "mitigations.csv", "onsets.csv", "fig_mitigations.png")
 
@@ -95,4 +96,4 @@ def _keep(analysis_dir: Path, out_dir: Path, record: dict) -> None:
 
 def format_comparison(record: dict) -> str:
     """The record's variants side by side, as the README quotes them."""
-    return "\n".join(markdown_table(side_by_side(record["variants"], record["level"]), SIDE_BY_SIDE))
+    return "\n".join(markdown_table(side_by_side(record["variants"]), SIDE_BY_SIDE))
