@@ -222,6 +222,18 @@ def _summary(directory: Path) -> RunSummary:
     return RunSummary(directory, (directory / COMPLETE_FILE).exists(), rows[-1] if rows else None)
 
 
+def _probe_requests(spec: ExperimentSpec, directory: Path, before_task: int | None = None) -> dict[str, dict]:
+    """The probe requests of the run's baseline and of every point it has recorded to probe live (a
+    kept point is probed only by the adaptive protocol's decisions), by job key; with `before_task`,
+    only the points of earlier tasks."""
+    requests = {job_key(r): r for r in ([baseline_request(spec, directory)] if spec.probe.baseline else [])}
+    for point in read_jsonl(directory / PROBE_POINTS_FILE, key=("task_index",)):
+        if not point.get("deferred") and (before_task is None or point["task_index"] < before_task):
+            request = point_request(ProbePoint(**point), probe_ordinal(spec, point["task_index"]))
+            requests[job_key(request)] = request
+    return requests
+
+
 def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], None]) -> None:
     """Submit again every probe point of the run (a sweep or service stopped before they ran; the
     service skips measured and running ones), then wait for the run's jobs. A service that lost its
@@ -230,11 +242,7 @@ def _finish_probes(spec: ExperimentSpec, directory: Path, say: Callable[[str], N
     the last: then the window of its minimum is probed) and its backfills are waited for too."""
     service = get_service(spec)
     spec_json = spec.model_dump(mode="json")
-    requests = {job_key(r): r for r in ([baseline_request(spec, directory)] if spec.probe.baseline else [])}
-    for point in read_jsonl(directory / PROBE_POINTS_FILE, key=("task_index",)):
-        if not point.get("deferred"):
-            request = point_request(ProbePoint(**point), probe_ordinal(spec, point["task_index"]))
-            requests[job_key(request)] = request
+    requests = _probe_requests(spec, directory)
     group = group_runs(spec) if policy_of(spec) else []
     for attempt in range(FINISH_ATTEMPTS):
         for request in requests.values():
@@ -317,8 +325,14 @@ def run_training(spec: ExperimentSpec, say: Callable[[str], None] = print, callb
         say(f"resuming from {saved[-1].name} (task {position['task'] + 1}, step {position['step']})")
     tracking = RunTracking.open(spec, directory, say)  # a tracker that cannot start stops us here
     service = get_service(spec) if spec.probe.enabled else None
-    if service is not None and spec.probe.baseline:
-        service.submit.remote(spec.model_dump(mode="json"), baseline_request(spec, directory))
+    if service is not None:
+        # The baseline, and on a resumed run the points of the tasks it will not train again: the
+        # jobs a lost service had queued run now, not after training (the adaptive protocol decides
+        # from them while the run trains). The service skips measured and running ones; the points
+        # of the tasks trained again are written again, and submitted then.
+        spec_json = spec.model_dump(mode="json")
+        for request in _probe_requests(spec, directory, before_task=position["task"] if position else 0).values():
+            service.submit.remote(spec_json, request)
     tail = _ProgressTail(spec, metrics, say, tracking=tracking)
     tail.start()
     decisions = GroupDecisions(spec, group_runs(spec), service, say) if service and policy_of(spec) else None

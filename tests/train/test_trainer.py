@@ -272,8 +272,12 @@ def test_a_worker_crash_on_the_gpu_code_path_resumes_exactly(demo_prepared, demo
 def test_a_group_stop_ends_every_worker_at_a_cycle_start_and_the_full_spec_continues_it(demo_prepared, demo_spec,
                                                                                        tmp_path):
     """stop.json (what the group's decisions write) stops both DDP workers before the next cycle, as
-    a complete run that says why; the same spec without `schedule.stop` then trains it to the end."""
-    from plasticity_ray.rundir import STOP_FILE, stopped_early
+    a complete run that says why; the same spec without `schedule.stop` then trains it to the end,
+    first submitting the probe point whose job a lost service took with it (it does not wait for
+    the end of training)."""
+    import shutil
+
+    from plasticity_ray.rundir import PROBES, STOP_FILE, stopped_early
     from plasticity_ray.storage import write_json_atomic
 
     full = _tiny(demo_spec, tmp_path, **{"data.languages": ["en", "zh"], "schedule.cycles": 2,
@@ -286,9 +290,23 @@ def test_a_group_stop_ends_every_worker_at_a_cycle_start_and_the_full_spec_conti
     assert record["tasks"] == 2 and stopped_early(summary.run_dir) == {"after_tasks": 2, "reason": "written by the test"}
     assert len(record["replica_digests"]) == 2 and len(set(record["replica_digests"])) == 1
     assert {r["task"] for r in _metrics(adaptive)} == {0, 1}
+    # The cycle end's probe job lost with its service: its row gone, its probe-point checkpoint
+    # still there (it holds the weights of the task-end checkpoint).
+    lost = summary.run_dir / PROBES / "task-00001.json"
+    measured = json.loads(lost.read_text())
+    lost.unlink()
+    for events in (summary.run_dir / "tensorboard" / PROBES).glob("*task-00001"):
+        events.unlink()
+    point = summary.run_dir / "probe_points" / "task-00001"
+    point.mkdir(parents=True)
+    for name in ("model.pt", "state.json"):
+        shutil.copy(checkpoint.checkpoints(summary.run_dir)[-1] / name, point / name)
     said = []
     summary = run_training(full, say=said.append)
     assert run_dir(full) == run_dir(adaptive)  # a stop is not part of what a run trains
     assert any("written by the test; continuing it (this spec trains every task)" in line for line in said)
     assert summary.complete and stopped_early(summary.run_dir) is None
     assert [(r["task"], r["step"]) for r in _metrics(full)] == [(t, s) for t in range(4) for s in (2, 4)]
+    again, next_point = (json.loads((summary.run_dir / PROBES / f"task-{t:05d}.json").read_text()) for t in (1, 3))
+    assert again["submitted"] < next_point["submitted"]  # before the training went on, not after it
+    assert again["auc"] == measured["auc"] and not point.exists()
