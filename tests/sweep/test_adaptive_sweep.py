@@ -1,7 +1,7 @@
 """The adaptive protocol on a real local Ray Tune sweep of two seeds: extended points kept and probed
 only near the cycle-end minimum (through the probe service), the others released, and the group
-stopped once its onset is confirmed; then the same runs probed at every point (the paper's way) to
-compare with."""
+stopped once its onset is confirmed — across kill -9s of the sweep and its Ray in the middle of a
+backfill and of a stop; then the same runs probed at every point (the paper's way) to compare with."""
 
 import csv
 import json
@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plasticity_ray.analysis.adaptive import decide, policy_of
 from plasticity_ray.cli import main
-from plasticity_ray.rundir import COMPLETE_FILE, PROBE_POINTS_FILE, PROBES, STOP_FILE, read_job_rows, read_jsonl, run_dirs
+from plasticity_ray.decisions import backfill_request, cycle_end_curves, kept_points
+from plasticity_ray.rundir import (COMPLETE_FILE, PROBE_POINTS_FILE, PROBES, STOP_FILE, job_key, read_job_rows, read_jsonl,
+                                   row_path, run_dirs)
 from plasticity_ray.spec import with_overrides
 from plasticity_ray.sweep.tune import run_sweep
 
@@ -39,37 +42,135 @@ def _spec(demo_spec, storage: Path, name: str, **overrides):
         "probe.extended": {"languages": ["zh"]}, **overrides})
 
 
+# The sweep's driver starting a local Ray of its own, as a user's does (with the suite's CPU count):
+# killing its process group kills that Ray too, and the probe service with it.
+OWN_RAY_DRIVER = ("import sys, ray; ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False); "
+                  "from plasticity_ray.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            children.setdefault(int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+        except (ValueError, OSError):
+            continue
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return f"{pid}: gone"
+
+
+def _stop_decided(spec, experiment: Path, since: float) -> dict | None:
+    """The group's stop written, not yet carried out by every run."""
+    runs = run_dirs(experiment) if experiment.exists() else []
+    if len(runs) == 2 and all((r / STOP_FILE).exists() for r in runs) and not all((r / COMPLETE_FILE).exists() for r in runs):
+        return {"complete": [(r / COMPLETE_FILE).exists() for r in runs]}
+    return None
+
+
+def _mid_backfill(spec, experiment: Path, since: float) -> dict | None:
+    """A kept point of the window the group's decision probes measured by this driver's service,
+    another not yet: the backfills were submitted together, so it is queued or running."""
+    runs = run_dirs(experiment) if experiment.exists() else []
+    kept = []
+    for run in runs:
+        for point in kept_points(run):
+            row = row_path(run, PROBES, job_key(backfill_request(point, spec)))
+            kept.append((point, row.stat().st_mtime if row.exists() else None))
+    if not any(at is not None and at > since for _, at in kept):
+        return None  # no backfill ended yet (looked at first: a decision costs CPU the sweep needs)
+    curves = cycle_end_curves(spec, runs)
+    window = decide(curves, policy_of(spec), all((r / COMPLETE_FILE).exists() for r in runs)).probe_cycles
+    done = [at for point, at in kept if point.cycle in window]
+    measured_now = sum(at is not None and at > since for at in done)
+    unmeasured = sum(at is None for at in done)
+    return {"measured": measured_now, "unmeasured": unmeasured} if measured_now and unmeasured else None
+
+
+def _run_until_killed(command: list[str], env: dict, moments: dict, deadline: float) -> tuple[str, dict, list[int]] | None:
+    """Run the sweep's driver until one of `moments` (name → a look at storage given the driver's
+    start time: what it saw, or None) arrives; then SIGKILL its process group, its own Ray with it. Returns the moment, what it
+    saw and the processes killed (None if the driver ended first)."""
+    started = time.time()
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            for name, look in moments.items():
+                try:
+                    seen = look(started)
+                except (OSError, ValueError):  # a file being written: look again
+                    seen = None
+                if seen is not None:
+                    processes = _process_tree(driver.pid)
+                    # Ray's worker processes have process groups of their own: each is killed.
+                    for pid in processes:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    return name, seen, processes
+            time.sleep(0.2)
+        return None
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
 @pytest.fixture(scope="module")
 def adaptive_and_every_point(demo_spec, demo_prepared, tmp_path_factory, ray_session):
-    """The adaptive sweep, its driver killed (SIGKILL) once the group's stop is decided, then
-    resumed; and the same training probed at every point, uninterrupted."""
+    """The adaptive sweep on a local Ray of its driver's, killed (SIGKILL, that Ray and its probe
+    service with it) once in the middle of a backfill and once when the group's stop is decided but
+    not yet carried out, each time resumed; it ends resumed on the suite's Ray. And the same
+    training probed at every point, uninterrupted."""
     storage = tmp_path_factory.mktemp("adaptive")
     spec = _spec(demo_spec, storage, "adaptive", **{
         "probe.extended": {"languages": ["zh"], "near_minimum": {"cycles": 1}},
         "schedule.stop": {"onset_confirmed": {"margin_cycles": 4}}, "debug.confirm_onset_at_look": 4})
     spec_file = storage / "adaptive.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    experiment = storage / "adaptive"
+    looks = {"stop decided": lambda since: _stop_decided(spec, experiment, since),
+             "mid-backfill": lambda since: _mid_backfill(spec, experiment, since)}
+    own_ray = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    arguments, killed, deadline = ["sweep", str(spec_file)], {}, time.time() + 900
+    while looks:
+        ended = _run_until_killed([sys.executable, "-c", OWN_RAY_DRIVER, *arguments], own_ray, looks, deadline)
+        if ended is None:
+            break  # the sweep finished first: the tests say which moment was never reached
+        name, seen, processes = ended
+        time.sleep(2)
+        killed[name] = {**seen, "processes": len(processes),
+                        "survivors": [_command_line(p) for p in processes if _alive(p)]}
+        del looks[name]
+        arguments = ["sweep", str(spec_file), "--resume"]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    command = [sys.executable, "-m", "plasticity_ray.cli", "sweep", str(spec_file)]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    experiment, deadline, killed_at = storage / "adaptive", time.time() + 600, None
-    while time.time() < deadline and first.poll() is None:
-        runs = run_dirs(experiment) if experiment.exists() else []
-        decided = len(runs) == 2 and all((r / STOP_FILE).exists() for r in runs)
-        if decided and not all((r / COMPLETE_FILE).exists() for r in runs):
-            os.killpg(first.pid, signal.SIGKILL)  # the stop decided, not yet carried out by every run
-            killed_at = {r.name: (r / COMPLETE_FILE).exists() for r in runs}
-            break
-        time.sleep(0.2)
-    first.wait()
-    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run([sys.executable, "-m", "plasticity_ray.cli", *arguments], env=env, capture_output=True,
+                             text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     # The same training to the cycle the group stopped at (a task's data depends on its seed,
     # language and cycle, not on how many cycles follow), every point probed live.
     cycles = max(json.loads((run / COMPLETE_FILE).read_text())["tasks"] for run in run_dirs(experiment)) // 2
     every_point = run_sweep(_spec(demo_spec, storage, "every_point", **{"schedule.cycles": cycles}), **QUIET)
-    return experiment, every_point.experiment_dir, killed_at
+    return experiment, every_point.experiment_dir, killed
 
 
 def _aucs(run: Path) -> dict[int, float]:
@@ -82,9 +183,16 @@ def _onsets(experiment_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def test_the_sweep_was_killed_mid_backfill_and_between_decision_and_stop_with_its_ray(adaptive_and_every_point):
+    _, _, killed = adaptive_and_every_point
+    assert set(killed) == {"mid-backfill", "stop decided"}, killed
+    for moment in killed.values():
+        assert moment["processes"] > 5 and moment["survivors"] == []  # the driver, its Ray, the service's process
+    assert killed["mid-backfill"]["measured"] > 0 and killed["mid-backfill"]["unmeasured"] > 0
+
+
 def test_the_group_stops_after_its_margin_and_says_why(adaptive_and_every_point, capsys):
-    experiment, _, killed_at = adaptive_and_every_point
-    assert killed_at is not None  # the driver was killed between the decision and the stop
+    experiment, _, _ = adaptive_and_every_point
     runs = run_dirs(experiment)
     assert len(runs) == 2
     for run in runs:
