@@ -17,12 +17,14 @@ RAY_INTERNAL = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+ [EWF] \d+ \d+\] \w+\.cc:\d
 
 @pytest.mark.slow
 def test_a_trial_on_a_new_local_ray_prints_no_ray_internal_lines(demo_prepared, demo_spec, tmp_path):
-    """`plasticity-ray train` on the demo's recipe (one cycle of two languages, probed), in a process
-    of its own that starts a local Ray as a user's does, with Ray's default token authentication."""
+    """`plasticity-ray train` on the demo's recipe (one cycle of two languages, probed and
+    diagnosed), shrunk to its smallest model and a few steps, in a process of its own that starts a
+    local Ray as a user's does, with Ray's default token authentication."""
     spec = demo_spec.model_dump(mode="json", exclude={"sweep"})
+    spec["model"]["size"] = "L1-d64"
     spec["data"]["languages"] = ["en", "ru"]  # the prepared data serves them (ru: the entropy language)
-    spec["schedule"].update(cycles=1)
-    spec["probe"]["extended"] = None
+    spec["schedule"].update(cycles=1, tokens_per_task="32K")
+    spec["probe"].update(extended=None, tokens="32K")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
