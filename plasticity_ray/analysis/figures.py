@@ -304,7 +304,7 @@ def fig_mitigations(groups: list[RunGroup]) -> plt.Figure:
             significant = o.verdict == "significant"
             forest.errorbar(mean, y, xerr=half if half is not None else None, fmt="o", color=line.get_color(), capsize=3,
                             mfc=line.get_color() if significant else "white")
-            onset = f"onset {o.onset.task_instance}" if o.onset.task_instance is not None else o.onset.status
+            onset = o.onset.label
             if o.interval:
                 onset += f" [{o.interval[0]}, {o.interval[1]}]"
             forest.annotate(f"{onset}; {o.verdict}", (1.01, y), xycoords=("axes fraction", "data"), fontsize=7,

@@ -43,6 +43,15 @@ class Onset:
     values: list[float] = field(default_factory=list)  # normalised AUC (or AUC) at each probe
     smoothed: list[float | None] = field(default_factory=list)
 
+    @property
+    def label(self) -> str:
+        """A few words for a figure: where the onset is, or why there is none."""
+        if self.status == "not_yet":
+            return "no onset yet"
+        if self.status == "too_few":
+            return "too few probes"
+        return f"onset {'≤ ' if self.status == 'from_start' else ''}{self.task_instance}"
+
 
 def find_onset(tasks: list[int], aucs: list[float | None], baseline: float | None = None,
                window: int = WINDOW) -> Onset:

@@ -43,6 +43,10 @@ def test_a_falling_curve_has_no_onset_yet_and_a_rising_one_starts_at_once():
     assert falling.task_instance is None and falling.status == "not_yet" and "no onset yet" in falling.message
     rising = find_onset(tasks, [4.0, 4.2, 4.4, 4.6, 4.8])
     assert (rising.task_instance, rising.status) == (16, "from_start")
+    # What a figure writes beside each group: words, not the status's name.
+    assert (falling.label, rising.label) == ("no onset yet", "onset ≤ 16")
+    assert find_onset([8, 16], [5.0, 4.0]).label == "too few probes"
+    assert find_onset(tasks, [5.0, 4.0, 3.0, 3.5, 4.5]).label == "onset 24"
 
 
 def test_ties_go_to_the_earliest_minimum():
