@@ -13,6 +13,8 @@ that reads it has finished.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 import traceback
 from dataclasses import asdict
@@ -28,6 +30,7 @@ from plasticity_ray.train.metrics import EventFile
 
 NAMESPACE = "plasticity-ray"
 IDLE_EXIT_S = 1800.0
+LIVE, BACKFILL = 0, 1  # the jobs' priorities (lower first)
 
 
 def service_name(spec: ExperimentSpec) -> str:
@@ -79,13 +82,39 @@ def _tensorboard(run_dir: Path, kind: str, row: dict) -> None:
     events.close()
 
 
+class Slots:
+    """At most `size` jobs at once; a waiting job of a lower `priority` number goes first, jobs of one
+    priority in the order they came."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self.waiting: list[tuple[int, int, asyncio.Future]] = []  # a heap
+        self.arrivals = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        turn = asyncio.get_event_loop().create_future()
+        heapq.heappush(self.waiting, (priority, next(self.arrivals), turn))
+        await turn  # `release` hands its slot over
+
+    def release(self) -> None:
+        if self.waiting:
+            heapq.heappop(self.waiting)[2].set_result(None)
+        else:
+            self.free += 1
+
+
 @ray.remote(num_cpus=0)
 class ProbeService:
     """One per experiment: `submit` queues the jobs of a probe point; at most
-    `max_concurrent` run at once, each as a Ray task with the spec's probe resources."""
+    `max_concurrent` run at once, each as a Ray task with the spec's probe resources. Points the
+    run probes as it goes (and its baseline) go before the adaptive protocol's backfills of kept
+    points: the group's next decision waits on them."""
 
     def __init__(self, max_concurrent: int, cpus: float, gpus: float):
-        self.slots = asyncio.Semaphore(max_concurrent)
+        self.slots = Slots(max_concurrent)
         self.job = ray.remote(_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy="DEFAULT")
         self.references: dict[str, int] = {}  # probe-point checkpoint → jobs (and holds) still needing it
         self.previous: dict[str, str] = {}  # run dir → the last probe point's checkpoint (for weight_distance)
@@ -115,8 +144,11 @@ class ProbeService:
 
     async def _run(self, kind: str, spec_json: dict, point: dict, previous: str | None) -> None:
         try:
-            async with self.slots:
+            await self.slots.acquire(BACKFILL if point.get("deferred") else LIVE)
+            try:
                 self.done.append(await self.job.remote(kind, spec_json, point, previous))
+            finally:
+                self.slots.release()
         except Exception as err:  # its row could not be written (storage gone, the job's node lost)
             print(f"probe service: {kind} of {point['run_dir']} at task {point['task_index']} did not finish "
                   f"({first_line(err)}); the run submits it again when it waits for its jobs", flush=True)

@@ -1,5 +1,6 @@
 """One probe, run in-process on the demo data: the curve, its AUC, the baseline, bad checkpoints."""
 
+import asyncio
 import json
 import math
 
@@ -11,6 +12,7 @@ from plasticity_ray.cli import main
 from plasticity_ray.model.gpt import GPT
 from plasticity_ray.data.schedule import probe_draw, validation_sample
 from plasticity_ray.probe.probe import area_under_curve, probe_auc, run_probe
+from plasticity_ray.probe.service import BACKFILL, LIVE, Slots
 from plasticity_ray.spec import with_overrides
 from plasticity_ray.train import checkpoint
 from plasticity_ray.train.recipe import model_config
@@ -175,3 +177,27 @@ def test_a_probe_of_a_missing_or_corrupted_checkpoint_names_the_file(probe_spec,
     assert main(["probe", str(broken), "--spec", spec_file]) == 2
     assert f"{broken / 'model.pt'}: unreadable" in capsys.readouterr().err
     assert (broken / "model.pt").exists()
+
+
+def test_the_service_slots_serve_live_jobs_before_waiting_backfills_each_kind_in_arrival_order():
+    async def scenario():
+        slots, order, everyone_waits = Slots(1), [], asyncio.Event()
+
+        async def job(name, priority):
+            await slots.acquire(priority)
+            order.append(name)
+            if name == "backfill 1":
+                await everyone_waits.wait()  # holds the slot while the others queue
+            slots.release()
+
+        first = asyncio.create_task(job("backfill 1", BACKFILL))
+        rest = [asyncio.create_task(job(name, priority)) for name, priority in
+                [("backfill 2", BACKFILL), ("backfill 3", BACKFILL), ("live 1", LIVE), ("live 2", LIVE)]]
+        while len(slots.waiting) < len(rest):
+            await asyncio.sleep(0)
+        everyone_waits.set()
+        await asyncio.gather(first, *rest)
+        return order, slots.free
+
+    order, free = asyncio.run(scenario())
+    assert order == ["backfill 1", "live 1", "live 2", "backfill 2", "backfill 3"] and free == 1

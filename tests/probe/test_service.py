@@ -158,3 +158,24 @@ def test_the_results_table_of_a_real_run(probed_run, capsys):
     assert result["trials"][0]["probes_done"] == 4
     assert [p["task_index"] for p in result["probes"]] == [5, 7, 13, 15]
     assert all(p["normalized_auc"] > 0 and p["dormant_percent"] is not None for p in result["probes"])
+
+
+def test_live_probes_go_before_backfills_waiting_for_a_slot(ray_session, demo_prepared, demo_spec, tmp_path):
+    """One slot: a backfill (a kept point, `deferred`) takes it, two more wait, then a live point
+    comes: it runs next, before the waiting backfills (the group's next decision waits on it)."""
+    spec = with_overrides(demo_spec, {
+        "name": "prioritised", "storage_path": str(tmp_path), "model.size": "L1-d64", "batch.global_tokens": 2048,
+        "probe.tokens": 4096, "probe.eval_sequences": 8, "diagnostics.enabled": [], "probe.baseline": False,
+        "resources.max_concurrent_probes": 1,
+    })
+    (tmp_path / "prepared").symlink_to(prepared_root(demo_spec).parent)
+    backfills = [{**_point(spec, t, _probe_point_checkpoint(spec, t)), "deferred": True} for t in (2, 10, 18)]
+    live = {**_point(spec, 7, _probe_point_checkpoint(spec, 7)), "deferred": False}
+    service = get_service(spec)
+    spec_json = spec.model_dump(mode="json")
+    for request in [*backfills, live]:
+        ray.get(service.submit.remote(spec_json, request))
+    ray.get(service.wait.remote(), timeout=300)
+    rows = sorted(read_rows(run_dir(spec), "probes"), key=lambda r: r["started"])
+    assert [r["task_index"] for r in rows] == [2, 7, 10, 18] and all(r["status"] == "ok" for r in rows)
+    close_service(spec)
