@@ -355,6 +355,9 @@ class DebugSpec(_Section):
     fail_by: Literal["exception", "sigkill"] = "exception"  # sigkill: the worker process dies outright
     # Exercise onset-confirmed stops: the rise counts as confirmed at this look (cycle ends measured).
     confirm_onset_at_look: Annotated[int, Ge(4)] | None = None  # the first look the test takes
+    # Seconds every worker sleeps after each task: a tiny model's tasks take well under a second, and
+    # the adaptive protocol's margin (in cycles) assumes tasks far longer than a probe, as real ones are.
+    task_pause_s: Annotated[float, Ge(0)] = 0.0
 
 
 class OptunaSearchSpec(_Section):

@@ -123,6 +123,7 @@ class Trainer:
             batches, upcoming = upcoming, (self._stream(index + 1, 0) if index + 1 < spec.tasks else None)
             self._run_task(task, start, batches)
             self._end_task(task)
+            time.sleep(spec.debug.task_pause_s)
         digests = self._replica_digests()
         if self.rank == 0:
             record: CompleteRecord = {"tasks": spec.tasks, "time": time.time(), "replica_digests": digests}

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 QUIET = {"say": lambda line: None}
 # Confirmed at the 4th cycle end (debug), then 4 margin cycles: 8 cycles of 2 tasks. The decision lands
-# when the 4th cycle ends' probes do, 2-3 tasks later on 2 cores: the margin leaves room for it.
+# when the 4th cycle ends' probes do, up to ~10 s later on 2 cores (a probe job waiting for a Ray
+# worker, the decisions' 3-s look): tasks of 0.6 s would outrun it, so each task pauses 2 s
+# (debug.task_pause_s), and the margin's 8 tasks leave ~20 s.
 STOP_AFTER_TASKS = 16
 
 
@@ -144,7 +146,8 @@ def adaptive_and_every_point(demo_spec, demo_prepared, tmp_path_factory, ray_ses
     storage = tmp_path_factory.mktemp("adaptive")
     spec = _spec(demo_spec, storage, "adaptive", **{
         "probe.extended": {"languages": ["zh"], "near_minimum": {"cycles": 1}},
-        "schedule.stop": {"onset_confirmed": {"margin_cycles": 4}}, "debug.confirm_onset_at_look": 4})
+        "schedule.stop": {"onset_confirmed": {"margin_cycles": 4}}, "debug.confirm_onset_at_look": 4,
+        "debug.task_pause_s": 2.0})
     spec_file = storage / "adaptive.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     experiment = storage / "adaptive"
