@@ -16,8 +16,8 @@ Figure 9's shape: a decline of 1% to a minimum at 35% of the run, then a rise of
 (the verdict's power; the interval's coverage of the known onset). σ = 0.3% of the AUC by default.
 Layouts: 12 cycle ends (one probe after ru every 8 tasks), 8 cycles probed after zh, de and ru
 (Appendix B's extended probing, 24 points), and 8 cycles probed after de and ru (16 points: two
-probe positions, whose offset a 3-point moving average does not cancel, as in mitigations_demo). One seed gives no verdict and no interval; its
-probe-noise-only figures are measured to show why.
+probe positions, whose offset a 3-point moving average does not cancel, as in mitigations_demo).
+One seed gives no verdict and no interval; its probe-noise-only figures are measured to show why.
 
 The robustness grid checks only the interval (which is cheap), over onset positions, noise sizes and
 the share of α each paired comparison gets (`onset.PAIR_SHARE` is chosen from it).

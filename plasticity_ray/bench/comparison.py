@@ -8,6 +8,7 @@ and the record keeps the verdicts it replaces)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -67,8 +68,6 @@ def bench_comparison(argv: list[str], spec_path: Path, out_dir: Path, storage: s
 
 def reanalyze_comparison(argv: list[str], out_dir: Path) -> dict:
     """The runs of `out_dir/record.json` analysed again; the rest of the record kept."""
-    import json
-
     record_file = out_dir / "record.json"
     if not record_file.exists():
         raise UserError(f"{record_file}: missing (run the comparison first)")

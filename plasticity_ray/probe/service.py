@@ -95,7 +95,7 @@ class Slots:
         if self.free > 0 and not self.waiting:
             self.free -= 1
             return
-        turn = asyncio.get_event_loop().create_future()
+        turn = asyncio.get_running_loop().create_future()
         heapq.heappush(self.waiting, (priority, next(self.arrivals), turn))
         await turn  # `release` hands its slot over
 

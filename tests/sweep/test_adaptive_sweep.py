@@ -45,7 +45,7 @@ def _spec(demo_spec, storage: Path, name: str, **overrides):
 
 
 # The sweep's driver starting a local Ray of its own, as a user's does (with the suite's CPU count):
-# killing its process group kills that Ray too, and the probe service with it.
+# killing its process tree kills that Ray too, and the probe service with it.
 OWN_RAY_DRIVER = ("import sys, ray; ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False); "
                   "from plasticity_ray.cli import main; sys.exit(main(sys.argv[1:]))")
 
@@ -79,7 +79,7 @@ def _command_line(pid: int) -> str:
         return f"{pid}: gone"
 
 
-def _stop_decided(spec, experiment: Path, since: float) -> dict | None:
+def _stop_decided(experiment: Path) -> dict | None:
     """The group's stop written, not yet carried out by every run."""
     runs = run_dirs(experiment) if experiment.exists() else []
     if len(runs) == 2 and all((r / STOP_FILE).exists() for r in runs) and not all((r / COMPLETE_FILE).exists() for r in runs):
@@ -108,8 +108,8 @@ def _mid_backfill(spec, experiment: Path, since: float) -> dict | None:
 
 def _run_until_killed(command: list[str], env: dict, moments: dict, deadline: float) -> tuple[str, dict, list[int]] | None:
     """Run the sweep's driver until one of `moments` (name → a look at storage given the driver's
-    start time: what it saw, or None) arrives; then SIGKILL its process group, its own Ray with it. Returns the moment, what it
-    saw and the processes killed (None if the driver ended first)."""
+    start time: what it saw, or None) arrives; then SIGKILL its process tree, its own Ray with it.
+    Returns the moment, what it saw and the processes killed (None if the driver ended first)."""
     started = time.time()
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -151,7 +151,7 @@ def adaptive_and_every_point(demo_spec, demo_prepared, tmp_path_factory, ray_ses
     spec_file = storage / "adaptive.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     experiment = storage / "adaptive"
-    looks = {"stop decided": lambda since: _stop_decided(spec, experiment, since),
+    looks = {"stop decided": lambda since: _stop_decided(experiment),
              "mid-backfill": lambda since: _mid_backfill(spec, experiment, since)}
     own_ray = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     arguments, killed, deadline = ["sweep", str(spec_file)], {}, time.time() + 900
